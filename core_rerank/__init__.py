@@ -1,0 +1,53 @@
+"""core-rerank: a decoder LLM's own attention as a fast, accurate document re-ranker.
+
+    >>> from core_rerank import Reranker
+    >>> rr = Reranker()  # embedded SmolLM2-135M-Instruct + its bundled head list, offline
+    >>> rr.rank("how do I copy files?", docs, top_n=3)
+
+Heavy modules (torch, transformers) load on first use of ``Reranker``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    CoreRerankError,
+    DependencyMissingError,
+    DeviceUnavailableError,
+    HeadListError,
+    HeadListMismatchError,
+    HeadListNotFoundError,
+    ModelNotFoundError,
+)
+from .heads import HeadList, bundled_head_lists, load_head_list
+from .results import RankedResults, RankResult
+
+if TYPE_CHECKING:
+    from .reranker import Reranker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CoreRerankError",
+    "DependencyMissingError",
+    "DeviceUnavailableError",
+    "HeadList",
+    "HeadListError",
+    "HeadListMismatchError",
+    "HeadListNotFoundError",
+    "ModelNotFoundError",
+    "RankResult",
+    "RankedResults",
+    "Reranker",
+    "bundled_head_lists",
+    "load_head_list",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Reranker":
+        from .reranker import Reranker
+
+        return Reranker
+    raise AttributeError(f"module 'core_rerank' has no attribute {name!r}")

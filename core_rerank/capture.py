@@ -1,0 +1,116 @@
+"""Capture query-token attention rows of selected heads through transformers' attention interface.
+
+We register one attention function, ``core_rerank``, with ``AttentionInterface``. It computes the
+layer output with the stock SDPA kernel (so the model runs at normal speed and never builds
+``output_attentions``), and, while a :class:`AttentionCapture` is active on the current thread,
+recomputes the softmax rows of the query tokens for the selected heads of that layer only: in fp32,
+scale applied before the matmul, keys beyond ``key_end`` dropped right after the softmax. Rows are
+summed as they arrive, so extra memory is O(|heads in layer| x |Q rows in this pass| x seq) transiently
+and O(|H| x key_end) kept.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+__all__ = ["ATTN_IMPLEMENTATION", "AttentionCapture", "capturing"]
+
+ATTN_IMPLEMENTATION = "core_rerank"
+
+_state = threading.local()
+
+
+@dataclass
+class AttentionCapture:
+    """What to capture in one forward pass, and the running sums captured so far.
+
+    ``rows`` is the half-open range of absolute token positions whose attention rows are summed;
+    ``key_end`` bounds the key positions kept. ``sums[layer]`` is (n selected heads, key_end) fp32.
+    """
+
+    heads_by_layer: Mapping[int, list[int]]
+    rows: tuple[int, int]
+    key_end: int
+    sums: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def observe(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                attention_mask: torch.Tensor | None, scaling: float | None, kwargs: Mapping) -> None:
+        layer = getattr(module, "layer_idx", None)
+        heads = self.heads_by_layer.get(layer) if layer is not None else None
+        if not heads:
+            return
+        q_len, kv_len = query.shape[2], key.shape[2]
+        past = kv_len - q_len  # absolute position of this chunk's first token (batch 1, no padding)
+        lo, hi = max(self.rows[0], past), min(self.rows[1], kv_len)
+        if lo >= hi:
+            return
+        head_idx = torch.as_tensor(heads, device=query.device)
+        group = query.shape[1] // key.shape[1]
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        q = query[0, head_idx, lo - past : hi - past, :].float() * scale        # (h, t, d)
+        k = key[0, torch.div(head_idx, group, rounding_mode="floor"), :, :].float()  # (h, kv, d)
+        scores = torch.matmul(q, k.transpose(-1, -2))                           # (h, t, kv)
+        softcap = kwargs.get("softcap")
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        scores = scores + _additive_mask(module, attention_mask, kwargs, lo, hi, past, kv_len, scores.device)
+        probs = torch.softmax(scores, dim=-1)[..., : self.key_end].sum(dim=1)  # (h, key_end)
+        if layer in self.sums:
+            self.sums[layer] += probs
+        else:
+            self.sums[layer] = probs
+
+
+def _additive_mask(module, attention_mask, kwargs, lo, hi, past, kv_len, device) -> torch.Tensor:
+    """(t, kv) additive fp32 mask for query positions [lo, hi): the model's own mask when it built
+    one, else causal (plus the layer's sliding window)."""
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4:
+        m = attention_mask[0, 0, lo - past : hi - past, :kv_len]
+        if m.dtype == torch.bool:
+            return torch.zeros(m.shape, device=device).masked_fill(~m, float("-inf"))
+        return m.float()
+    rows = torch.arange(lo, hi, device=device)[:, None]
+    cols = torch.arange(kv_len, device=device)[None, :]
+    allowed = cols <= rows
+    window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+    if window:
+        allowed &= cols > rows - window
+    return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+
+
+def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    if kwargs.get("softcap") is not None:
+        # SDPA cannot soft-cap logits: use the model's own eager function for the output.
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        out = eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    else:
+        out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                     scaling=scaling, **kwargs)
+    capture = getattr(_state, "capture", None)
+    if capture is not None:
+        capture.observe(module, query, key, attention_mask, scaling, kwargs)
+    return out
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, _attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, sdpa_mask)
+
+
+@contextmanager
+def capturing(capture: AttentionCapture) -> Iterator[AttentionCapture]:
+    """Activate ``capture`` for forward passes run on this thread inside the block."""
+    previous = getattr(_state, "capture", None)
+    _state.capture = capture
+    try:
+        yield capture
+    finally:
+        _state.capture = previous

@@ -1,0 +1,323 @@
+"""Head lists: which attention heads score documents, in a versioned JSON format.
+
+One JSON file per (model, selection method) is bundled in ``core_rerank/head_lists``. A list
+records the model it was selected on (id and layer/head/kv-head counts, validated against the
+loaded model), the heads as ``[layer, head]`` pairs (0-indexed, query-head index), their
+selection scores, the method (``core`` | ``qr`` | ``all``), tau, k, the detection data and
+the source, so that a list can always be traced back to how it was made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from .errors import HeadListError, HeadListMismatchError, HeadListNotFoundError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "HeadList",
+    "HeadSpec",
+    "bundled_head_lists",
+    "find_bundled_head_list",
+    "load_head_list",
+    "resolve_head_list",
+]
+
+FORMAT = "core-rerank.heads"
+FORMAT_VERSION = 1
+METHODS = ("core", "qr", "all", "custom")
+# Preference when a model has several bundled lists.
+_METHOD_PREFERENCE = {"core": 0, "qr": 1, "custom": 2, "all": 3}
+
+Method = Literal["core", "qr", "all", "custom"]
+HeadSpec = Union[None, str, os.PathLike, "HeadList", Sequence[Any]]
+"""What ``Reranker(heads=...)`` accepts: None (the bundled list of the model), ``"all"``
+(every head, i.e. ICR), a path to a head-list JSON, a :class:`HeadList`, or pairs
+``[(layer, head), ...]`` / strings ``["13-18", ...]``."""
+
+
+@dataclass(frozen=True)
+class HeadList:
+    """A set of attention heads selected for one model, with its provenance."""
+
+    model_id: str
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    heads: tuple[tuple[int, int], ...]
+    method: Method = "custom"
+    scores: tuple[float, ...] | None = None
+    tau: float | None = None
+    k: int | None = None
+    detection: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+    score_matrix: tuple[tuple[float, ...], ...] | None = None
+    origin: str = "<in memory>"
+
+    def __post_init__(self) -> None:
+        where = f"head list {self.origin}"
+        for name in ("num_layers", "num_heads", "num_kv_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise HeadListError(f"{where}: '{name}' must be a positive integer, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise HeadListError(
+                f"{where}: num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        if self.method not in METHODS:
+            raise HeadListError(f"{where}: method must be one of {METHODS}, got {self.method!r}")
+        if not self.heads:
+            raise HeadListError(f"{where}: the list selects no heads")
+        if len(set(self.heads)) != len(self.heads):
+            raise HeadListError(f"{where}: a head is listed twice")
+        for layer, head in self.heads:
+            if not (0 <= layer < self.num_layers and 0 <= head < self.num_heads):
+                raise HeadListError(
+                    f"{where}: head {layer}-{head} is outside a model of {self.num_layers} layers x "
+                    f"{self.num_heads} heads"
+                )
+        if self.scores is not None and len(self.scores) != len(self.heads):
+            raise HeadListError(f"{where}: {len(self.scores)} scores for {len(self.heads)} heads")
+
+    # ----------------------------------------------------------------- views
+    @property
+    def max_layer(self) -> int:
+        """The deepest layer holding a selected head: the model is truncated after it."""
+        return max(layer for layer, _ in self.heads)
+
+    @property
+    def heads_by_layer(self) -> dict[int, list[int]]:
+        """Selected query-head indices grouped by layer, in list order."""
+        out: dict[int, list[int]] = {}
+        for layer, head in self.heads:
+            out.setdefault(layer, []).append(head)
+        return out
+
+    def describe(self) -> str:
+        """One line for logs and errors: model, method, size, where it came from."""
+        return f"{self.method} heads of {self.model_id} ({len(self.heads)} heads, from {self.origin})"
+
+    # ------------------------------------------------------------ constructors
+    @classmethod
+    def all_heads(cls, model_id: str, num_layers: int, num_heads: int, num_kv_heads: int) -> HeadList:
+        """Every head of every layer: the ICR baseline."""
+        heads = tuple((layer, head) for layer in range(num_layers) for head in range(num_heads))
+        return cls(
+            model_id=model_id,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            heads=heads,
+            method="all",
+            source="all heads of all layers (ICR, arXiv 2410.02642)",
+            origin="all heads",
+        )
+
+    @classmethod
+    def from_pairs(
+        cls, pairs: Iterable[Any], model_id: str, num_layers: int, num_heads: int, num_kv_heads: int
+    ) -> HeadList:
+        """A user list of ``(layer, head)`` pairs or ``"layer-head"`` strings for a given model."""
+        return cls(
+            model_id=model_id,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            heads=tuple(_parse_pair(p, "user head list") for p in pairs),
+            method="custom",
+            source="given by the caller",
+            origin="user pairs",
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], origin: str = "<dict>") -> HeadList:
+        """Parse and validate the JSON form; any defect raises :class:`HeadListError`."""
+        if not isinstance(data, Mapping):
+            raise HeadListError(f"head list {origin}: expected a JSON object, got {type(data).__name__}")
+        if data.get("format") != FORMAT:
+            raise HeadListError(f"head list {origin}: 'format' must be {FORMAT!r}, got {data.get('format')!r}")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise HeadListError(
+                f"head list {origin}: format_version {version!r} is not supported (this core-rerank reads "
+                f"version {FORMAT_VERSION})"
+            )
+        missing = [k for k in ("model_id", "num_layers", "num_heads", "num_kv_heads", "heads", "method") if k not in data]
+        if missing:
+            raise HeadListError(f"head list {origin}: missing field(s) {', '.join(missing)}")
+        if not isinstance(data["heads"], list):
+            raise HeadListError(f"head list {origin}: 'heads' must be a list of [layer, head] pairs")
+        scores = data.get("scores")
+        matrix = data.get("score_matrix")
+        try:
+            return cls(
+                model_id=str(data["model_id"]),
+                num_layers=data["num_layers"],
+                num_heads=data["num_heads"],
+                num_kv_heads=data["num_kv_heads"],
+                heads=tuple(_parse_pair(p, f"head list {origin}") for p in data["heads"]),
+                method=data["method"],
+                scores=None if scores is None else tuple(float(s) for s in scores),
+                tau=None if data.get("tau") is None else float(data["tau"]),
+                k=data.get("k"),
+                detection=dict(data.get("detection") or {}),
+                source=str(data.get("source", "")),
+                score_matrix=None if matrix is None else tuple(tuple(float(v) for v in row) for row in matrix),
+                origin=origin,
+            )
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, HeadListError):
+                raise
+            raise HeadListError(f"head list {origin}: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (inverse of :meth:`from_dict`)."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_id": self.model_id,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "method": self.method,
+            "tau": self.tau,
+            "k": self.k,
+            "heads": [list(p) for p in self.heads],
+            "scores": None if self.scores is None else list(self.scores),
+            "detection": dict(self.detection),
+            "source": self.source,
+            "score_matrix": None if self.score_matrix is None else [list(r) for r in self.score_matrix],
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the JSON form to ``path``."""
+        out = Path(path)
+        text = json.dumps(self.to_dict(), indent=1)
+        # Keep each [layer, head] pair (and each score-matrix row) on one line.
+        text = re.sub(r"\[\s*([-+\d.eE,\s]+?)\s*\]", _one_line, text)
+        out.write_text(text + "\n", encoding="utf-8")
+        return out
+
+    # -------------------------------------------------------------- checking
+    def check_fits(self, model_id: str, num_layers: int, num_heads: int, num_kv_heads: int) -> None:
+        """Raise :class:`HeadListMismatchError` unless the list was made for a model of this shape."""
+        got = (num_layers, num_heads, num_kv_heads)
+        want = (self.num_layers, self.num_heads, self.num_kv_heads)
+        if got != want:
+            raise HeadListMismatchError(
+                f"the {self.describe()} does not fit model {model_id!r}: the list is for "
+                f"{want[0]} layers x {want[1]} heads / {want[2]} kv heads, the model has "
+                f"{got[0]} layers x {got[1]} heads / {got[2]} kv heads. Use a head list made for this model, "
+                "heads='all', or detect one with `core-rerank detect-heads`."
+            )
+
+
+def _one_line(match: re.Match[str]) -> str:
+    return "[" + ", ".join(x.strip() for x in match.group(1).split(",")) + "]"
+
+
+def _parse_pair(item: Any, where: str) -> tuple[int, int]:
+    if isinstance(item, str):
+        parts = item.replace(":", "-").split("-")
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            return int(parts[0]), int(parts[1])
+    elif (
+        isinstance(item, Sequence)
+        and len(item) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in item)
+    ):
+        return int(item[0]), int(item[1])
+    raise HeadListError(f"{where}: {item!r} is not a head; use [layer, head] or 'layer-head'")
+
+
+def load_head_list(path: str | os.PathLike) -> HeadList:
+    """Read a head-list JSON file; a missing or corrupt file raises :class:`HeadListError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise HeadListNotFoundError(f"head list file {str(p)!r} does not exist")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HeadListError(f"head list {p}: not valid JSON ({exc})") from exc
+    return HeadList.from_dict(data, origin=str(p))
+
+
+@lru_cache(maxsize=1)
+def bundled_head_lists() -> tuple[HeadList, ...]:
+    """All head lists shipped with the package."""
+    root = resources.files("core_rerank") / "head_lists"
+    lists = []
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".json"):
+            data = json.loads(entry.read_text(encoding="utf-8"))
+            lists.append(HeadList.from_dict(data, origin=f"bundled:{entry.name}"))
+    return tuple(lists)
+
+
+def _same_model(given: str, listed: str) -> bool:
+    g, l_ = given.strip().rstrip("/").lower(), listed.lower()
+    return g == l_ or g.rsplit("/", 1)[-1] == l_.rsplit("/", 1)[-1]
+
+
+def find_bundled_head_list(model_id: str, method: str | None = None) -> HeadList | None:
+    """The bundled list for ``model_id`` (matched on the full id or its last path part).
+
+    With several methods bundled for one model, CoRe is preferred over QR heads, QR over all heads.
+    """
+    found = [h for h in bundled_head_lists() if _same_model(model_id, h.model_id)]
+    if method is not None:
+        found = [h for h in found if h.method == method]
+    return min(found, key=lambda h: _METHOD_PREFERENCE[h.method]) if found else None
+
+
+def _bundled_listing() -> str:
+    return "\n".join(f"  - {h.model_id} [{h.method}, {len(h.heads)} heads]" for h in bundled_head_lists())
+
+
+def resolve_head_list(
+    spec: HeadSpec, model_id: str, num_layers: int, num_heads: int, num_kv_heads: int
+) -> HeadList:
+    """Turn what a user passed as ``heads=`` into a validated list that fits the model."""
+    if isinstance(spec, HeadList):
+        heads = spec
+    elif spec is None:
+        found = find_bundled_head_list(model_id)
+        if found is None:
+            raise HeadListNotFoundError(
+                f"no head list is bundled for model {model_id!r}. Bundled lists:\n{_bundled_listing()}\n"
+                "Pass heads='all' to score with every head (ICR), heads=[(layer, head), ...] or a head-list "
+                "JSON path, or make a list for this model with `core-rerank detect-heads --model ...`."
+            )
+        heads = found
+    elif isinstance(spec, str) and spec.strip().lower() == "all":
+        return HeadList.all_heads(model_id, num_layers, num_heads, num_kv_heads)
+    elif isinstance(spec, (str, os.PathLike)):
+        heads = load_head_list(spec)
+    elif isinstance(spec, Sequence):
+        return _checked_pairs(spec, model_id, num_layers, num_heads, num_kv_heads)
+    else:
+        raise TypeError(
+            f"heads must be None, 'all', a path, a HeadList or a list of (layer, head) pairs, got {type(spec).__name__}"
+        )
+    heads.check_fits(model_id, num_layers, num_heads, num_kv_heads)
+    return heads
+
+
+def _checked_pairs(
+    pairs: Sequence[Any], model_id: str, num_layers: int, num_heads: int, num_kv_heads: int
+) -> HeadList:
+    try:
+        return HeadList.from_pairs(pairs, model_id, num_layers, num_heads, num_kv_heads)
+    except HeadListError as exc:
+        raise HeadListMismatchError(
+            f"the user head list does not fit model {model_id!r} ({num_layers} layers x {num_heads} heads): {exc}"
+        ) from exc

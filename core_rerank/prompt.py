@@ -1,0 +1,102 @@
+"""The list-wise prompt (method.md section 1) and the token spans of its parts.
+
+All candidate documents and the query go into one prompt, documents first, query last, inside the
+model's chat turn. Spans are character ranges recorded while the prompt is built (so two identical
+documents get two spans) and mapped to token indices with the tokenizer's offset mapping.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ChatMarkers", "Prompt", "TokenSpans", "build_prompt", "chat_markers"]
+
+INTRO = "Here are some paragraphs:\n\n"
+INSTRUCTION = "Please find information that are relevant to the following query in the paragraphs above.\n\n"
+QUERY_LABEL = "Query: "
+NULL_QUERY = "N/A"
+_SENTINEL = "\x1fCORE_RERANK_CONTENT\x1f"
+
+
+@dataclass(frozen=True)
+class ChatMarkers:
+    """Text before and after the user message in the model's chat format."""
+
+    prefix: str = ""
+    suffix: str = ""
+    from_template: bool = False
+
+
+def chat_markers(tokenizer) -> ChatMarkers:
+    """Derive user-turn markers from the tokenizer's chat template; none for base models."""
+    if not getattr(tokenizer, "chat_template", None):
+        return ChatMarkers()
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _SENTINEL}],
+            tokenize=False,
+            add_generation_prompt=True,
+            date_string="26 Jul 2024",  # templates that print today's date stay reproducible
+        )
+    except Exception as exc:  # a template that rejects a lone user turn: score without markers
+        logger.warning("chat template of %s failed (%s); using no chat markers", type(tokenizer).__name__, exc)
+        return ChatMarkers()
+    if not isinstance(text, str) or text.count(_SENTINEL) != 1:
+        logger.warning("chat template did not echo the user message once; using no chat markers")
+        return ChatMarkers()
+    prefix, suffix = text.split(_SENTINEL)
+    return ChatMarkers(prefix, suffix, from_template=True)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One built prompt: its text and the character spans of its parts."""
+
+    text: str
+    doc_spans: tuple[tuple[int, int], ...]  # per placed document, its own text (no "[i] " marker)
+    query_span: tuple[int, int]  # instruction + "Query: " + query (CoRe's Q)
+
+
+def build_prompt(markers: ChatMarkers, documents: Sequence[str], query: str) -> Prompt:
+    """Lay out ``documents`` (already in placement order) and ``query`` as one list-wise prompt."""
+    parts = [markers.prefix, INTRO]
+    pos = len(markers.prefix) + len(INTRO)
+    spans = []
+    for i, doc in enumerate(documents, start=1):
+        label = f"[{i}] "
+        parts.append(label)
+        pos += len(label)
+        spans.append((pos, pos + len(doc)))
+        parts.append(doc)
+        parts.append("\n\n")
+        pos += len(doc) + 2
+    q_start = pos
+    parts += [INSTRUCTION, QUERY_LABEL, query]
+    q_end = pos + len(INSTRUCTION) + len(QUERY_LABEL) + len(query)
+    parts.append(markers.suffix)
+    return Prompt("".join(parts), tuple(spans), (q_start, q_end))
+
+
+class TokenSpans:
+    """Maps character spans of a prompt to token index ranges via the tokenizer's offset mapping."""
+
+    def __init__(self, offsets: Sequence[tuple[int, int]]):
+        # Zero-width tokens (BOS and other specials) never belong to a span.
+        kept = [(i, a, b) for i, (a, b) in enumerate(offsets) if b > a]
+        self._index = [i for i, _, _ in kept]
+        self._starts = [a for _, a, _ in kept]
+        self._ends = [b for _, _, b in kept]
+
+    def __call__(self, span: tuple[int, int]) -> tuple[int, int]:
+        """Token range [first, last + 1) of the tokens overlapping ``span``; (0, 0) when none do."""
+        start, end = span
+        lo = bisect.bisect_right(self._ends, start)  # first token ending after the span starts
+        hi = bisect.bisect_left(self._starts, end)  # tokens from here on start at or after its end
+        if start >= end or lo >= hi:
+            return (0, 0)
+        return (self._index[lo], self._index[hi - 1] + 1)

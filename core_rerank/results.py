@@ -1,0 +1,91 @@
+"""Ranking results: plain, indexable, easy to turn into dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+__all__ = ["RankResult", "RankedResults"]
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """One ranked document.
+
+    ``index`` is its position in the input list (``corpus_id`` is an alias). ``score`` is the raw
+    calibrated attention score (higher is more relevant; unbounded, may be negative; ``-inf`` for an
+    empty document). ``normalized_score`` is the softmax of the scores over this list's candidates.
+    ``truncated`` says the document was cut to the per-document token budget before scoring.
+    """
+
+    index: int
+    score: float
+    normalized_score: float
+    rank: int
+    text: str
+    document: Any
+    truncated: bool = False
+    tokens: int = 0
+    window: int = 0
+
+    @property
+    def corpus_id(self) -> int:
+        return self.index
+
+    def to_dict(self) -> dict[str, Any]:
+        """sentence-transformers style: ``corpus_id``, ``score`` and the rest."""
+        return {
+            "corpus_id": self.index,
+            "score": self.score,
+            "normalized_score": self.normalized_score,
+            "rank": self.rank,
+            "text": self.text,
+            "truncated": self.truncated,
+        }
+
+
+class RankedResults(Sequence[RankResult]):
+    """Results best first; index it, slice it, iterate it, or look up by input position."""
+
+    def __init__(self, query: str, results: Sequence[RankResult], num_windows: int = 0, head_list: str = ""):
+        self.query = query
+        self.results = list(results)
+        self.num_windows = num_windows
+        self.head_list = head_list
+
+    @overload
+    def __getitem__(self, i: int) -> RankResult: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[RankResult]: ...
+    def __getitem__(self, i):
+        return self.results[i]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[RankResult]:
+        return iter(self.results)
+
+    def top_k(self, k: int) -> list[RankResult]:
+        return self.results[:k]
+
+    def by_index(self, index: int) -> RankResult:
+        """The result of the document at input position ``index``."""
+        for r in self.results:
+            if r.index == index:
+                return r
+        raise KeyError(f"no result for input index {index}")
+
+    @property
+    def indices(self) -> list[int]:
+        """Input positions, best first."""
+        return [r.index for r in self.results]
+
+    def to_dicts(self) -> list[Mapping[str, Any]]:
+        return [r.to_dict() for r in self.results]
+
+    def __repr__(self) -> str:
+        head = ", ".join(f"{r.index}:{r.score:.4g}" for r in self.results[:5])
+        more = ", ..." if len(self.results) > 5 else ""
+        return f"RankedResults(query={self.query!r}, [{head}{more}])"

@@ -1,0 +1,61 @@
+"""The document score: calibration against a content-free query and the 2-sigma mask.
+
+This module is the one place the scoring formula lives (method.md section 3)::
+
+    c(j)     = s_query(j) - s_NA(j)
+    m(j)     = 1 if c(j) > mean_{j in d}(c) - 2 * std_{j in d}(c) else 0
+    score(d) = sum over j in d of m(j) * c(j)
+
+where s(j) is the attention signal summed over the selected heads (see ``head_signal``).
+The std is the sample std (n - 1), as torch computes it in the reference code; a one-token
+document keeps its only token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["document_scores", "softmax"]
+
+
+def document_scores(
+    signal_query: torch.Tensor, signal_null: torch.Tensor, token_spans: Sequence[tuple[int, int]]
+) -> list[float]:
+    """Calibrated, masked score of each document span; higher is more relevant.
+
+    ``signal_*`` are 1-D per-key-position signals; an empty span scores ``-inf``.
+    """
+    c = signal_query.double() - signal_null.double()
+    scores = []
+    for a, b in token_spans:
+        if b <= a:
+            scores.append(-math.inf)
+            continue
+        cd = c[a:b]
+        if cd.numel() > 1:
+            keep = cd > cd.mean() - 2 * cd.std()
+            cd = cd[keep]
+        scores.append(float(cd.sum()))
+    return scores
+
+
+def softmax(scores: Sequence[float], temperature: float | None = None) -> list[float]:
+    """Softmax over the candidates of ``score / temperature``; ``-inf`` maps to 0.
+
+    ``temperature=None`` uses the standard deviation of the finite scores, which makes the
+    normalized scores independent of the raw scores' scale (that grows with the number of heads).
+    """
+    if not scores:
+        return []
+    t = torch.tensor(scores, dtype=torch.float64)
+    finite = t[torch.isfinite(t)]
+    if finite.numel() == 0:
+        return [0.0] * len(scores)
+    if temperature is None:
+        temperature = float(finite.std()) if finite.numel() > 1 else 1.0
+    if not temperature > 0:  # all finite scores equal
+        temperature = 1.0
+    return torch.softmax(t / temperature, dim=0).tolist()

