@@ -42,8 +42,15 @@ class AttentionCapture:
     key_end: int
     sums: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    def observe(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-                attention_mask: torch.Tensor | None, scaling: float | None, kwargs: Mapping) -> None:
+    def observe(
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None,
+        kwargs: Mapping,
+    ) -> None:
         layer = getattr(module, "layer_idx", None)
         heads = self.heads_by_layer.get(layer) if layer is not None else None
         if not heads:
@@ -56,9 +63,9 @@ class AttentionCapture:
         head_idx = torch.as_tensor(heads, device=query.device)
         group = query.shape[1] // key.shape[1]
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        q = query[0, head_idx, lo - past : hi - past, :].float() * scale        # (h, t, d)
+        q = query[0, head_idx, lo - past : hi - past, :].float() * scale  # (h, t, d)
         k = key[0, torch.div(head_idx, group, rounding_mode="floor"), :, :].float()  # (h, kv, d)
-        scores = torch.matmul(q, k.transpose(-1, -2))                           # (h, t, kv)
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (h, t, kv)
         softcap = kwargs.get("softcap")
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
@@ -93,8 +100,9 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
         eager = sys.modules[type(module).__module__].eager_attention_forward
         out = eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     else:
-        out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                     scaling=scaling, **kwargs)
+        out = sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     capture = getattr(_state, "capture", None)
     if capture is not None:
         capture.observe(module, query, key, attention_mask, scaling, kwargs)

@@ -72,8 +72,13 @@ def rank(
     table.add_column("text", overflow="ellipsis", no_wrap=True, ratio=1)
     for r in results:
         text = r.text.replace("\n", " ")
-        table.add_row(str(r.rank), str(r.index), f"{r.score:.4f}", f"{r.normalized_score:.3f}",
-                      text + (" [dim](truncated)[/dim]" if r.truncated else ""))
+        table.add_row(
+            str(r.rank),
+            str(r.index),
+            f"{r.score:.4f}",
+            f"{r.normalized_score:.3f}",
+            text + (" [dim](truncated)[/dim]" if r.truncated else ""),
+        )
     console.print(table)
 
 

@@ -40,8 +40,9 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _stack(sums: Mapping[int, torch.Tensor], heads_by_layer: Mapping[int, list[int]], key_end: int,
-           device: torch.device) -> torch.Tensor:
+def _stack(
+    sums: Mapping[int, torch.Tensor], heads_by_layer: Mapping[int, list[int]], key_end: int, device: torch.device
+) -> torch.Tensor:
     rows = []
     for layer, heads in heads_by_layer.items():
         got = sums.get(layer)

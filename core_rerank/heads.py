@@ -151,7 +151,9 @@ class HeadList:
                 f"head list {origin}: format_version {version!r} is not supported (this core-rerank reads "
                 f"version {FORMAT_VERSION})"
             )
-        missing = [k for k in ("model_id", "num_layers", "num_heads", "num_kv_heads", "heads", "method") if k not in data]
+        missing = [
+            k for k in ("model_id", "num_layers", "num_heads", "num_kv_heads", "heads", "method") if k not in data
+        ]
         if missing:
             raise HeadListError(f"head list {origin}: missing field(s) {', '.join(missing)}")
         if not isinstance(data["heads"], list):
@@ -283,9 +285,7 @@ def _bundled_listing() -> str:
     return "\n".join(f"  - {h.model_id} [{h.method}, {len(h.heads)} heads]" for h in bundled_head_lists())
 
 
-def resolve_head_list(
-    spec: HeadSpec, model_id: str, num_layers: int, num_heads: int, num_kv_heads: int
-) -> HeadList:
+def resolve_head_list(spec: HeadSpec, model_id: str, num_layers: int, num_heads: int, num_kv_heads: int) -> HeadList:
     """Turn what a user passed as ``heads=`` into a validated list that fits the model."""
     if isinstance(spec, HeadList):
         heads = spec
@@ -312,9 +312,7 @@ def resolve_head_list(
     return heads
 
 
-def _checked_pairs(
-    pairs: Sequence[Any], model_id: str, num_layers: int, num_heads: int, num_kv_heads: int
-) -> HeadList:
+def _checked_pairs(pairs: Sequence[Any], model_id: str, num_layers: int, num_heads: int, num_kv_heads: int) -> HeadList:
     try:
         return HeadList.from_pairs(pairs, model_id, num_layers, num_heads, num_kv_heads)
     except HeadListError as exc:

