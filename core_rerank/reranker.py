@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import scoring
-from .head_signal import head_signals
+from .head_signal import HeadSignals, head_signals
 from .heads import HeadList, HeadSpec, resolve_head_list
 from .loading import LoadedModel, load_model, read_shape, resolve_device, resolve_dtype
 from .prompt import NULL_QUERY, TokenSpans, build_prompt, chat_markers
@@ -207,6 +207,8 @@ class Reranker:
         if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
             raise TypeError(f"documents must be a list of strings or dicts, got {type(documents).__name__}")
         texts = [_document_text(i, d) for i, d in enumerate(documents)]
+        if not texts:
+            return []
         # Cheap pre-cut so a huge document never reaches the tokenizer whole.
         char_cap = self.max_doc_tokens * 32
         heads = [t[:char_cap] for t in texts]
@@ -254,6 +256,12 @@ class Reranker:
         return raw, window_of
 
     def _score_window(self, query: str, texts: list[str]) -> list[float]:
+        window = self.attention_signals(query, texts)
+        return scoring.document_scores(window.signals.query.sum(0), window.signals.null.sum(0), window.doc_spans)
+
+    def attention_signals(self, query: str, texts: Sequence[str]) -> WindowSignals:
+        """Per-head attention signals of one prompt holding ``texts`` in the given order (no
+        truncation, no windowing): the raw material of scoring and of head detection."""
         loaded = self._loaded
         with loaded.lock:
             real = build_prompt(self._markers, texts, query)
@@ -262,17 +270,29 @@ class Reranker:
             enc_n = loaded.tokenizer(null.text, add_special_tokens=self._add_special, return_offsets_mapping=True)
             spans_r, spans_n = TokenSpans(enc_r["offset_mapping"]), TokenSpans(enc_n["offset_mapping"])
             doc_spans = [spans_r(s) for s in real.doc_spans]
-            key_end = max(b for _, b in doc_spans)
+            rows_r, rows_n = spans_r(real.query_span), spans_n(null.query_span)
             signals = head_signals(
                 loaded.model,
                 self.head_list.heads_by_layer,
                 enc_r["input_ids"],
-                spans_r(real.query_span),
+                rows_r,
                 enc_n["input_ids"],
-                spans_n(null.query_span),
-                key_end,
+                rows_n,
+                max(b for _, b in doc_spans),
             )
-        return scoring.document_scores(signals.query.sum(0), signals.null.sum(0), doc_spans)
+        return WindowSignals(signals, doc_spans, enc_r["input_ids"], rows_r, enc_n["input_ids"], rows_n)
+
+
+@dataclass(frozen=True)
+class WindowSignals:
+    """Attention signals of one prompt and where its parts sit, in token indices."""
+
+    signals: HeadSignals
+    doc_spans: list[tuple[int, int]]
+    ids_query: list[int]
+    query_rows: tuple[int, int]
+    ids_null: list[int]
+    null_rows: tuple[int, int]
 
 
 def _check_query(query: Any) -> str:

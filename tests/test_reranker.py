@@ -1,0 +1,182 @@
+"""The public API on the real default model: relevance, results, long lists, bad input, sharing, threads."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+from conftest import SANITY_DOCS, SANITY_QUERIES, SHALLOW_HEADS
+
+from core_rerank import Reranker
+from core_rerank.errors import DeviceUnavailableError, HeadListMismatchError, ModelNotFoundError
+
+
+@pytest.mark.parametrize(("query", "relevant"), SANITY_QUERIES)
+def test_relevant_document_wins(default_rr, query, relevant):
+    results = default_rr.rank(query, SANITY_DOCS)
+    assert results[0].index == relevant, results
+
+
+def test_results_shape(default_rr):
+    results = default_rr.rank("which fruit is high in potassium?", SANITY_DOCS)
+    assert sorted(results.indices) == list(range(len(SANITY_DOCS)))
+    assert [r.rank for r in results] == list(range(1, len(SANITY_DOCS) + 1))
+    scores = [r.score for r in results]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == len(scores)
+    assert sum(r.normalized_score for r in results) == pytest.approx(1.0)
+    assert all(0 < r.normalized_score < 1 for r in results)
+    top = results[0]
+    assert top.text == SANITY_DOCS[top.index] and top.document is SANITY_DOCS[top.index] and not top.truncated
+    assert results.by_index(top.index) is top
+    assert results.to_dicts()[0]["corpus_id"] == top.index == top.corpus_id
+    # score() gives the same numbers in input order.
+    by_input = default_rr.score("which fruit is high in potassium?", SANITY_DOCS)
+    assert by_input == pytest.approx([results.by_index(i).score for i in range(len(SANITY_DOCS))], abs=1e-9)
+
+
+def test_top_n_and_threshold(default_rr):
+    q = "what is the tallest mountain in the world?"
+    full = default_rr.rank(q, SANITY_DOCS)
+    assert default_rr.rank(q, SANITY_DOCS, top_n=3).indices == full.indices[:3]
+    assert len(default_rr.rank(q, SANITY_DOCS, top_n=50)) == len(SANITY_DOCS)
+    cut = full[2].score
+    kept = default_rr.rank(q, SANITY_DOCS, score_threshold=cut)
+    assert kept.indices == full.indices[:3]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="top_n"):
+            default_rr.rank(q, SANITY_DOCS, top_n=bad)
+
+
+def test_dict_documents_with_titles(default_rr):
+    docs = [{"title": "Everest", "text": SANITY_DOCS[5]}, {"text": SANITY_DOCS[1]}, {"title": None, "text": SANITY_DOCS[3]}]
+    results = default_rr.rank("what is the tallest mountain in the world?", docs)
+    assert results[0].index == 0 and results[0].text.startswith("Everest\n") and results[0].document is docs[0]
+
+
+def test_bad_input(default_rr):
+    assert list(default_rr.rank("anything", [])) == []
+    assert default_rr.score("anything", []) == []
+    for q in ("", "   \n"):
+        with pytest.raises(ValueError, match="query is empty"):
+            default_rr.rank(q, SANITY_DOCS)
+    with pytest.raises(TypeError, match="query must be a string"):
+        default_rr.rank(None, SANITY_DOCS)
+    with pytest.raises(TypeError, match="document 1 "):
+        default_rr.rank("q", ["fine", None, "fine"])
+    with pytest.raises(TypeError, match="document 2 "):
+        default_rr.rank("q", ["fine", "fine", 42])
+    with pytest.raises(TypeError, match="document 0 .*'text'"):
+        default_rr.rank("q", [{"body": "x"}])
+    with pytest.raises(TypeError, match="documents must be a list"):
+        default_rr.rank("q", "a single string")
+
+
+def test_empty_documents_rank_last(default_rr):
+    results = default_rr.rank("which fruit is high in potassium?", ["", SANITY_DOCS[1], "   ", SANITY_DOCS[0]])
+    assert results.indices[:2] == [1, 3]
+    assert {r.index for r in results[2:]} == {0, 2}
+    assert all(r.score == -math.inf and r.normalized_score == 0.0 for r in results[2:])
+
+
+def test_duplicates_each_keep_their_own_score(default_rr):
+    docs = [SANITY_DOCS[1], SANITY_DOCS[0], SANITY_DOCS[1], SANITY_DOCS[4]]
+    results = default_rr.rank("which fruit is high in potassium?", docs)
+    assert set(results.indices[:2]) == {0, 2}  # both copies of the relevant document lead
+    assert results.by_index(0).score != results.by_index(2).score
+    assert len(results) == 4
+
+
+def test_long_documents_are_truncated_and_reported(fp32_shallow):
+    long_doc = " ".join(["Potassium-rich bananas grow in the tropics."] * 400)  # ~3,600 tokens
+    huge = "x" * 5_000_000  # never tokenized whole
+    results = fp32_shallow.rank("which fruit is high in potassium?", [SANITY_DOCS[0], long_doc, huge])
+    by = {r.index: r for r in results}
+    assert by[1].truncated and by[2].truncated and not by[0].truncated
+    assert by[1].tokens == fp32_shallow.max_doc_tokens and by[1].text == long_doc
+
+
+def test_lists_past_the_budget_are_windowed_without_losing_documents():
+    import numpy as np
+
+    one = Reranker(max_doc_tokens=64)
+    windowed = Reranker(max_tokens=400, max_doc_tokens=64)
+    assert windowed.loaded_model is one.loaded_model
+    docs = SANITY_DOCS * 3  # 24 docs x ~30 tokens: one prompt of ~900 tokens, or windows of 400
+    query = "which organelle makes ATP for the cell?"
+    results = windowed.rank(query, docs)
+    assert results.num_windows > 1 and one.rank(query, docs).num_windows == 1
+    assert sorted(results.indices) == list(range(len(docs)))
+    assert len({r.window for r in results}) == results.num_windows
+    # The three copies of the relevant document sit in different windows and all still rank high.
+    relevant = [results.by_index(i) for i in (6, 14, 22)]
+    assert len({r.window for r in relevant}) == 3
+    assert all(r.rank <= 6 for r in relevant), [r.rank for r in relevant]
+    # Windowed scores stay on the scale of single-prompt scores (measured r = 0.83-0.94 here).
+    corr = np.corrcoef(one.score(query, docs), windowed.score(query, docs))[0, 1]
+    assert corr > 0.7, corr
+
+
+def test_context_too_small_for_one_document_is_a_clear_error():
+    with pytest.raises(ValueError, match="max_tokens"):
+        Reranker(heads=SHALLOW_HEADS, max_tokens=64, max_doc_tokens=400)
+
+
+def test_rank_batch(default_rr):
+    queries = [q for q, _ in SANITY_QUERIES[:3]]
+    shared = default_rr.rank_batch(queries, SANITY_DOCS, top_n=1, show_progress_bar=False)
+    assert [r[0].index for r in shared] == [rel for _, rel in SANITY_QUERIES[:3]]
+    per_query = default_rr.rank_batch(queries[:2], [SANITY_DOCS[:4], SANITY_DOCS], show_progress_bar=False)
+    assert len(per_query[0]) == 4 and len(per_query[1]) == len(SANITY_DOCS)
+    with pytest.raises(ValueError, match="document lists"):
+        default_rr.rank_batch(queries, [SANITY_DOCS, SANITY_DOCS])
+
+
+def test_same_settings_share_one_model(default_rr):
+    again = Reranker()
+    assert again.loaded_model is default_rr.loaded_model
+    other = Reranker(heads=SHALLOW_HEADS)  # different depth: a different truncated model
+    assert other.loaded_model is not default_rr.loaded_model
+
+
+def test_concurrent_calls_match_sequential(fp32_shallow):
+    queries = [q for q, _ in SANITY_QUERIES]
+    expected = {q: fp32_shallow.score(q, SANITY_DOCS) for q in queries}
+    got: dict[str, list[float]] = {}
+    errors: list[BaseException] = []
+
+    def work(q: str) -> None:
+        try:
+            got[q] = fp32_shallow.score(q, SANITY_DOCS)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(q,)) for q in queries * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert got == expected
+
+
+def test_unknown_model_and_unfitting_heads():
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        Reranker("/no/such/model/dir")
+    with pytest.raises(ModelNotFoundError, match="offline"):
+        Reranker("no-such-org/no-such-model-xyz", local_files_only=True)
+    with pytest.raises(HeadListMismatchError, match="SmolLM2"):
+        Reranker(heads=[(29, 12)])
+    with pytest.raises(HeadListMismatchError, match="phi-4"):
+        from core_rerank.heads import find_bundled_head_list
+
+        Reranker(heads=find_bundled_head_list("microsoft/phi-4"))
+
+
+def test_cuda_request_without_cuda_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DeviceUnavailableError, match="CUDA"):
+        Reranker(device="cuda")
