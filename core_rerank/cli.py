@@ -45,7 +45,9 @@ def rank(
     model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
     heads: Annotated[str | None, typer.Option(help="Head list: JSON path or 'all'. Default: bundled.")] = None,
     top_n: Annotated[int | None, typer.Option("--top-n", "-n", min=1, help="Show only the best N.")] = None,
-    quantization: Annotated[str | None, typer.Option(help="'4bit' or '8bit' (bitsandbytes).")] = None,
+    quantization: Annotated[
+        str, typer.Option(help="'auto' (4-bit for 1B+ models on CUDA), 'none', '4bit' or '8bit'.")
+    ] = "auto",
     device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'. Default: CUDA if available.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -58,7 +60,8 @@ def rank(
     hf_logging.disable_progress_bar()  # the status spinner below covers loading
     try:
         with console.status(f"loading {model} ..."):
-            reranker = Reranker(model, heads=heads, quantization=quantization, device=device)
+            quant = None if quantization.lower() == "none" else quantization
+            reranker = Reranker(model, heads=heads, quantization=quant, device=device)
         results = reranker.rank(query, documents, top_n=top_n)
     except (CoreRerankError, ValueError, TypeError) as exc:
         console.print(f"[red]error:[/red] {exc}")

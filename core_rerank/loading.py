@@ -22,6 +22,7 @@ from .sources import ModelSource, dense_directory
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "AUTO_4BIT_PARAMETERS",
     "LoadedModel",
     "ModelShape",
     "clear_model_cache",
@@ -29,6 +30,7 @@ __all__ = [
     "model_shape",
     "resolve_device",
     "resolve_dtype",
+    "resolve_quantization",
 ]
 
 QUANTIZATIONS = (None, "4bit", "8bit")
@@ -50,6 +52,12 @@ class ModelShape:
     num_heads: int
     num_kv_heads: int
     context_length: int
+    layer_parameters: int = 0  # estimated, one decoder layer
+    embedding_parameters: int = 0
+
+    def parameters(self, num_layers: int) -> int:
+        """Estimated parameter count of the model cut to ``num_layers`` layers (no LM head)."""
+        return self.embedding_parameters + num_layers * self.layer_parameters
 
 
 @dataclass
@@ -96,12 +104,42 @@ def model_shape(config) -> ModelShape:
     """Layer/head/kv-head counts and context length of a (possibly multimodal) config."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    hidden = getattr(text, "hidden_size", 0) or 0
+    head_dim = getattr(text, "head_dim", None) or (hidden // heads if heads else 0)
+    inter = getattr(text, "intermediate_size", 0) or 0
     return ModelShape(
         num_layers=text.num_hidden_layers,
         num_heads=heads,
-        num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        num_kv_heads=kv_heads,
         context_length=getattr(text, "max_position_embeddings", None) or 4096,
+        layer_parameters=2 * hidden * head_dim * (heads + kv_heads) + 3 * hidden * inter,
+        embedding_parameters=(getattr(text, "vocab_size", 0) or 0) * hidden,
     )
+
+
+# Models at or above this size (after truncation) load in 4-bit on CUDA when quantization="auto".
+AUTO_4BIT_PARAMETERS = 1_000_000_000
+
+
+def resolve_quantization(quantization: str | None, device: str, shape: ModelShape, num_layers: int) -> str | None:
+    """``"auto"``: 4-bit NF4 on CUDA for models of >= 1B parameters after truncation, else dense.
+
+    On CPU, dense bfloat16 is both faster and closer to float32 than bitsandbytes 4-bit (README,
+    "Precision and quantization"), so auto never quantizes there.
+    """
+    if quantization != "auto":
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be 'auto', None, '4bit' or '8bit', got {quantization!r}")
+        return quantization
+    if device.startswith("cuda") and shape.parameters(num_layers) >= AUTO_4BIT_PARAMETERS:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise DependencyMissingError(
+                "quantization='auto' loads models of 1B+ parameters in 4-bit on CUDA, which needs bitsandbytes: "
+                "pip install 'core-rerank[quant]', or pass quantization=None to load it dense"
+            )
+        return "4bit"
+    return None
 
 
 def resolve_device(device: str | None) -> str:
@@ -135,7 +173,7 @@ def _quantization_config(quantization: str | None, dtype: torch.dtype):
     if quantization is None:
         return None
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
+        raise ValueError(f"quantization must be 'auto', None, '4bit' or '8bit', got {quantization!r}")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise DependencyMissingError(
             f"quantization={quantization!r} needs bitsandbytes: pip install 'core-rerank[quant]'"

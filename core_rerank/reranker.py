@@ -12,7 +12,7 @@ from typing import Any, Literal
 from . import scoring
 from .head_signal import HeadSignals, head_signals
 from .heads import HeadList, HeadSpec, resolve_head_list
-from .loading import LoadedModel, load_model, read_shape, resolve_device, resolve_dtype
+from .loading import LoadedModel, load_model, read_shape, resolve_device, resolve_dtype, resolve_quantization
 from .prompt import NULL_QUERY, TokenSpans, build_prompt, chat_markers
 from .results import RankedResults, RankResult
 from .sources import resolve_source
@@ -46,7 +46,8 @@ class Reranker:
         heads: ``None`` for the list bundled for the model, ``"all"`` for every head (ICR), a
             head-list JSON path, a :class:`~core_rerank.HeadList`, or ``[(layer, head), ...]``.
             The model is loaded only up to the deepest selected layer.
-        quantization: ``None`` (dense), ``"4bit"`` (bitsandbytes NF4) or ``"8bit"``.
+        quantization: ``"auto"`` (4-bit on CUDA for models of 1B+ parameters after truncation,
+            dense elsewhere), ``None`` (dense), ``"4bit"`` (bitsandbytes NF4) or ``"8bit"``.
         dtype: compute dtype; ``None`` means bfloat16.
         device: ``None`` picks CUDA when available, else CPU.
         max_doc_tokens: per-document token budget; longer documents are cut and flagged ``truncated``.
@@ -64,7 +65,7 @@ class Reranker:
         model: str | os.PathLike | None = "default",
         heads: HeadSpec = None,
         *,
-        quantization: Literal["4bit", "8bit"] | None = None,
+        quantization: Literal["auto", "4bit", "8bit"] | None = "auto",
         dtype: Any = None,
         device: str | None = None,
         max_doc_tokens: int = 400,
@@ -83,16 +84,16 @@ class Reranker:
         self.source = resolve_source(model, revision)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.quantization = quantization
         shape, _ = read_shape(self.source, local_files_only)
         self.head_list: HeadList = resolve_head_list(
             heads, self.source.model_id, shape.num_layers, shape.num_heads, shape.num_kv_heads
         )
+        self.quantization = resolve_quantization(quantization, self.device, shape, self.head_list.max_layer + 1)
         self._loaded: LoadedModel = load_model(
             self.source,
             self.head_list.max_layer + 1,
             dtype=self.dtype,
-            quantization=quantization,
+            quantization=self.quantization,
             device=self.device,
             local_files_only=local_files_only,
         )

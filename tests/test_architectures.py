@@ -11,8 +11,14 @@ from core_rerank.packaged import find_packaged
 
 QUERY = "which organelle makes ATP for the cell?"
 DOCS = SANITY_DOCS[:5] + SANITY_DOCS[6:7]
-COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=4096)
+COMMON = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+)
 
 
 def _tiny_configs():
@@ -27,8 +33,13 @@ def _tiny_configs():
         "granite": GraniteConfig(**COMMON, attention_multiplier=0.05),
         # Gemma 3: a 32-token sliding window on 3 of 4 layers (the prompt is far longer), its own
         # query scaling, q/k norms.
-        "gemma3": Gemma3TextConfig(**COMMON, head_dim=16, sliding_window=32, query_pre_attn_scalar=24,
-                                   layer_types=["sliding_attention"] * 3 + ["full_attention"]),
+        "gemma3": Gemma3TextConfig(
+            **COMMON,
+            head_dim=16,
+            sliding_window=32,
+            query_pre_attn_scalar=24,
+            layer_types=["sliding_attention"] * 3 + ["full_attention"],
+        ),
         "phi3": Phi3Config(**COMMON, pad_token_id=0),
     }
 
@@ -78,7 +89,9 @@ def _packaged_or_skip(name: str):
 
 def test_real_qwen2_weights():
     _packaged_or_skip("qwen2.5-coder-0.5b-instruct")
-    rr = Reranker("qwen2.5-coder-0.5b-instruct", heads=[(l, h) for l in (3, 6) for h in range(14)], dtype="float32")
+    rr = Reranker(
+        "qwen2.5-coder-0.5b-instruct", heads=[(layer, h) for layer in (3, 6) for h in range(14)], dtype="float32"
+    )
     assert rr.loaded_model.layers_loaded == 7 and rr.loaded_model.shape.num_layers == 24
     assert rr.model_id == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
     assert_signals_match_eager(rr, QUERY, DOCS)
@@ -89,7 +102,7 @@ def test_real_qwen2_weights():
 def test_real_gemma3_weights():
     _packaged_or_skip("gemma-3-270m")
     # Layer 5 is Gemma 3's first full-attention layer; layers 0-4 use a 512-token sliding window.
-    rr = Reranker("gemma-3-270m", heads=[(l, h) for l in (2, 5) for h in range(4)], dtype="float32")
+    rr = Reranker("gemma-3-270m", heads=[(layer, h) for layer in (2, 5) for h in range(4)], dtype="float32")
     assert rr.loaded_model.layers_loaded == 6
     long_docs = [d + " " + " ".join(["Filler sentence about nothing in particular."] * 20) for d in DOCS]
     w = assert_signals_match_eager(rr, QUERY, long_docs)

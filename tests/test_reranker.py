@@ -49,7 +49,11 @@ def test_top_n_and_threshold(default_rr):
 
 
 def test_dict_documents_with_titles(default_rr):
-    docs = [{"title": "Everest", "text": SANITY_DOCS[5]}, {"text": SANITY_DOCS[1]}, {"title": None, "text": SANITY_DOCS[3]}]
+    docs = [
+        {"title": "Everest", "text": SANITY_DOCS[5]},
+        {"text": SANITY_DOCS[1]},
+        {"title": None, "text": SANITY_DOCS[3]},
+    ]
     results = default_rr.rank("what is the tallest mountain in the world?", docs)
     assert results[0].index == 0 and results[0].text.startswith("Everest\n") and results[0].document is docs[0]
 
@@ -66,7 +70,7 @@ def test_bad_input(default_rr):
         default_rr.rank("q", ["fine", None, "fine"])
     with pytest.raises(TypeError, match="document 2 "):
         default_rr.rank("q", ["fine", "fine", 42])
-    with pytest.raises(TypeError, match="document 0 .*'text'"):
+    with pytest.raises(TypeError, match=r"document 0 .*'text'"):
         default_rr.rank("q", [{"body": "x"}])
     with pytest.raises(TypeError, match="documents must be a list"):
         default_rr.rank("q", "a single string")
