@@ -1,0 +1,210 @@
+"""Engine speed and memory, as ratios against baselines run on the same machine and prompt.
+
+    python benchmarks/bench_engine.py [--docs 20 50] [--repeats 3] [--json benchmarks/results/engine.json]
+
+For each list size (documents of ~150 tokens), on the embedded default model (SmolLM2-135M-Instruct):
+  (a) ``Reranker.rank`` with a mid-depth head list (deepest head in layer 14 of 30: the model is cut
+      to 15 layers), and with all heads (ICR, no truncation);
+  (b) a bare SDPA forward of the same truncated model on the same prompt (no capture, no calibration);
+  (c) the ICR reference way: full model, eager attention, ``output_attentions=True``, all heads,
+      both the query and the "N/A" prompt run in full, scores computed from the returned matrices.
+Times are medians of repeats in one process (a and b interleaved, then c). Peak extra memory is measured in a fresh
+subprocess per case: the peak resident set size during the call minus the size just before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+MID_HEADS = [(10, 2), (11, 5), (12, 0), (12, 7), (13, 3), (13, 8), (14, 1), (14, 4)]
+QUERY = "Does vitamin D supplementation reduce the risk of respiratory infections?"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact" / "corpus.jsonl"
+
+
+def documents(n: int) -> list[str]:
+    """n real documents (SciFact abstracts when ../shared/data is there), each cut to ~150 tokens."""
+    texts: list[str] = []
+    if SHARED.is_file():
+        with open(SHARED, encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                texts.append(f"{row['title']}\n{row['text']}")
+                if len(texts) == n:
+                    break
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from conftest import SANITY_DOCS
+
+        while len(texts) < n:
+            texts.append(" ".join(SANITY_DOCS[len(texts) % 8 :] + SANITY_DOCS))
+    return [" ".join(t.split()[:115]) for t in texts[:n]]  # ~115 words ~ 150 tokens
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Samples the resident set size every millisecond while the block runs."""
+
+    def __enter__(self):
+        self.base = self.peak = rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss())
+
+    @property
+    def extra_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+class Cases:
+    """The three ways of scoring one list, sharing loaded models."""
+
+    def __init__(self):
+        import torch
+        from transformers import AutoModel
+
+        from core_rerank import Reranker
+        from core_rerank.sources import dense_directory
+
+        torch.manual_seed(0)
+        self.torch = torch
+        self.mid = Reranker(heads=MID_HEADS, max_doc_tokens=160)
+        self.all = Reranker(heads="all", max_doc_tokens=160)
+        self.eager = AutoModel.from_pretrained(
+            dense_directory(self.mid.source), attn_implementation="eager", dtype=self.mid.dtype
+        ).eval()
+
+    def a_mid(self, docs):
+        return self.mid.rank(QUERY, docs)
+
+    def a_all(self, docs):
+        return self.all.rank(QUERY, docs)
+
+    def b_sdpa(self, docs):
+        w_ids = self._ids(docs, QUERY)
+        with self.torch.inference_mode():
+            self.mid.loaded_model.model(input_ids=self.torch.tensor([w_ids]), use_cache=False)
+
+    def c_icr_eager(self, docs):
+        from core_rerank import scoring
+
+        placed = docs[::-1]
+        signals = []
+        for q in (QUERY, "N/A"):
+            ids, rows, spans = self._layout(placed, q)
+            with self.torch.inference_mode():
+                att = self.eager(input_ids=self.torch.tensor([ids]), output_attentions=True).attentions
+            assert att and att[0] is not None
+            signals.append(sum(a[0, :, rows[0] : rows[1], :].float().mean(dim=1).sum(0) for a in att))
+            del att
+        key_end = max(b for _, b in spans)
+        return scoring.document_scores(signals[0][:key_end], signals[1][:key_end], spans)
+
+    def _layout(self, placed, query):
+        from core_rerank.prompt import TokenSpans, build_prompt
+
+        rr = self.mid
+        p = build_prompt(rr._markers, placed, query)
+        enc = rr.loaded_model.tokenizer(p.text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = TokenSpans(enc["offset_mapping"])
+        return enc["input_ids"], spans(p.query_span), [spans(s) for s in p.doc_spans]
+
+    def _ids(self, docs, query):
+        return self._layout(docs[::-1], query)[0]
+
+
+NAMES = ["a_mid", "a_all", "b_sdpa", "c_icr_eager"]
+
+
+def worker(case: str, n: int) -> None:
+    """Subprocess: peak extra memory of one case (after a warm-up run)."""
+    cases = Cases()
+    docs = documents(n)
+    getattr(cases, case)(docs)
+    with PeakRSS() as peak:
+        getattr(cases, case)(docs)
+    print(json.dumps({"extra_mb": peak.extra_mb}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, nargs="+", default=[20, 50])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "engine.json")
+    ap.add_argument("--worker", nargs=2, metavar=("CASE", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker[0], int(args.worker[1]))
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    cases = Cases()
+    report = {"model": cases.mid.model_id, "mid_heads": MID_HEADS, "dtype": str(cases.mid.dtype), "sizes": {}}
+    for n in args.docs:
+        docs = documents(n)
+        tokens = len(cases._ids(docs, QUERY))
+        times = {k: [] for k in NAMES}
+        # The fast cases are interleaved; the eager reference (gigabytes of attention matrices)
+        # runs after them, so its freed memory does not slow the others down.
+        for group in (NAMES[:3], NAMES[3:]):
+            for name in group:  # warm-up
+                getattr(cases, name)(docs)
+            for _ in range(args.repeats):
+                for name in group:
+                    t0 = time.perf_counter()
+                    getattr(cases, name)(docs)
+                    times[name].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        mem = {}
+        for name in NAMES:
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", name, str(n)], capture_output=True, text=True, check=True
+            )
+            mem[name] = json.loads(out.stdout.strip().splitlines()[-1])["extra_mb"]
+        report["sizes"][n] = {"prompt_tokens": tokens, "seconds": med, "extra_mb": mem}
+        table = Table(title=f"{n} documents, {tokens} prompt tokens ({cases.mid.model_id}, {cases.mid.dtype})")
+        for col in ("case", "time s", "extra MB"):
+            table.add_column(col, justify="right")
+        for name in NAMES:
+            table.add_row(name, f"{med[name]:.2f}", f"{mem[name]:.0f}")
+        console.print(table)
+        ratios = {
+            "a_mid/b_sdpa time": med["a_mid"] / med["b_sdpa"],
+            "c_icr_eager/a_mid time": med["c_icr_eager"] / med["a_mid"],
+            "c_icr_eager/a_mid extra memory": mem["c_icr_eager"] / max(mem["a_mid"], 1e-9),
+            "c_icr_eager/a_all time": med["c_icr_eager"] / med["a_all"],
+        }
+        report["sizes"][n]["ratios"] = ratios
+        for k, v in ratios.items():
+            console.print(f"  {k}: {v:.2f}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1) + "\n")
+    console.print(f"written {args.json}")
+
+
+if __name__ == "__main__":
+    main()
