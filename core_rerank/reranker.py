@@ -197,7 +197,8 @@ class Reranker:
 
     # ---------------------------------------------------------------- internals
     def _count(self, text: str) -> int:
-        return len(self._loaded.tokenizer(text, add_special_tokens=self._add_special)["input_ids"])
+        with self._loaded.lock:  # fast tokenizers are not safe to share across threads
+            return len(self._loaded.tokenizer(text, add_special_tokens=self._add_special)["input_ids"])
 
     @property
     def _add_special(self) -> bool:
