@@ -21,6 +21,7 @@ from .errors import (
     ModelNotFoundError,
 )
 from .heads import HeadList, bundled_head_lists, load_head_list
+from .registry import shared_reranker
 from .results import RankedResults, RankResult
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = [
     "Reranker",
     "bundled_head_lists",
     "load_head_list",
+    "shared_reranker",
 ]
 
 

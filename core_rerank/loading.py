@@ -23,10 +23,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "AUTO_4BIT_PARAMETERS",
+    "CacheInfo",
     "LoadedModel",
     "ModelShape",
     "clear_model_cache",
     "load_model",
+    "model_cache_info",
     "model_shape",
     "resolve_device",
     "resolve_dtype",
@@ -82,6 +84,21 @@ class LoadedModel:
 _models: dict[tuple, LoadedModel] = {}
 _models_lock = threading.Lock()
 _key_locks: dict[tuple, threading.Lock] = {}
+_loads = 0
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """How many models this process has loaded from disk, and how many it holds now."""
+
+    loads: int
+    models: int
+
+
+def model_cache_info() -> CacheInfo:
+    """Counters of the process-wide model cache (a load that was shared does not count)."""
+    with _models_lock:
+        return CacheInfo(_loads, len(_models))
 
 
 def _load_config(location: str, source: ModelSource, local_files_only: bool | None):
@@ -211,8 +228,10 @@ def load_model(
             if key in _models:
                 return _models[key]
         loaded = _load(source, num_layers, dtype, quantization, device, local_files_only)
+        global _loads
         with _models_lock:
             _models[key] = loaded
+            _loads += 1
         return loaded
 
 

@@ -70,6 +70,12 @@ class RankedResults(Sequence[RankResult]):
     def top_k(self, k: int) -> list[RankResult]:
         return self.results[:k]
 
+    def select(self, top_n: int | None = None, min_normalized_score: float | None = None) -> list[RankResult]:
+        """The best ``top_n`` results whose ``normalized_score`` reaches ``min_normalized_score``
+        (the filter applies first): how framework wrappers pick what they return."""
+        kept = [r for r in self.results if min_normalized_score is None or r.normalized_score >= min_normalized_score]
+        return kept if top_n is None else kept[:top_n]
+
     def by_index(self, index: int) -> RankResult:
         """The result of the document at input position ``index``."""
         for r in self.results:
