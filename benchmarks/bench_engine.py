@@ -138,6 +138,18 @@ class Cases:
 NAMES = ["a_mid", "a_all", "b_sdpa", "c_icr_eager"]
 
 
+def eager_attention_bytes(cases: Cases, tokens: int) -> int:
+    """Memory the eager reference needs just for its returned attention matrices (L x H x N^2)."""
+    cfg = cases.eager.config
+    return cfg.num_hidden_layers * cfg.num_attention_heads * tokens * tokens * cases.eager.dtype.itemsize
+
+
+def available_bytes() -> int:
+    with open("/proc/meminfo") as fh:
+        info = dict(line.split(":", 1) for line in fh)
+    return int(info["MemAvailable"].split()[0]) * 1024
+
+
 def worker(case: str, n: int) -> None:
     """Subprocess: peak extra memory of one case (after a warm-up run)."""
     cases = Cases()
@@ -167,10 +179,15 @@ def main() -> None:
     for n in args.docs:
         docs = documents(n)
         tokens = len(cases._ids(docs, QUERY))
-        times = {k: [] for k in NAMES}
+        names = list(NAMES)
+        need = eager_attention_bytes(cases, tokens)
+        if need > 0.6 * available_bytes():  # the reference would be killed: say so instead of running it
+            names.remove("c_icr_eager")
+            console.print(f"c_icr_eager skipped: its attention matrices alone need {need / 2**30:.1f} GiB")
+        times = {k: [] for k in names}
         # The fast cases are interleaved; the eager reference (gigabytes of attention matrices)
         # runs after them, so its freed memory does not slow the others down.
-        for group in (NAMES[:3], NAMES[3:]):
+        for group in (names[:3], names[3:]):
             for name in group:  # warm-up
                 getattr(cases, name)(docs)
             for _ in range(args.repeats):
@@ -180,24 +197,31 @@ def main() -> None:
                     times[name].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
         mem = {}
-        for name in NAMES:
+        for name in names:
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", name, str(n)], capture_output=True, text=True, check=True
             )
             mem[name] = json.loads(out.stdout.strip().splitlines()[-1])["extra_mb"]
-        report["sizes"][n] = {"prompt_tokens": tokens, "seconds": med, "extra_mb": mem}
+        report["sizes"][n] = {
+            "prompt_tokens": tokens,
+            "seconds": med,
+            "extra_mb": mem,
+            "eager_attention_gib": need / 2**30,
+        }
         table = Table(title=f"{n} documents, {tokens} prompt tokens ({cases.mid.model_id}, {cases.mid.dtype})")
         for col in ("case", "time s", "extra MB"):
             table.add_column(col, justify="right")
         for name in NAMES:
-            table.add_row(name, f"{med[name]:.2f}", f"{mem[name]:.0f}")
+            if name in names:
+                table.add_row(name, f"{med[name]:.2f}", f"{mem[name]:.0f}")
+            else:
+                table.add_row(name, "out of memory", f"> {need / 2**20:.0f}")
         console.print(table)
-        ratios = {
-            "a_mid/b_sdpa time": med["a_mid"] / med["b_sdpa"],
-            "c_icr_eager/a_mid time": med["c_icr_eager"] / med["a_mid"],
-            "c_icr_eager/a_mid extra memory": mem["c_icr_eager"] / max(mem["a_mid"], 1e-9),
-            "c_icr_eager/a_all time": med["c_icr_eager"] / med["a_all"],
-        }
+        ratios = {"a_mid/b_sdpa time": med["a_mid"] / med["b_sdpa"]}
+        if "c_icr_eager" in names:
+            ratios["c_icr_eager/a_mid time"] = med["c_icr_eager"] / med["a_mid"]
+            ratios["c_icr_eager/a_mid extra memory"] = mem["c_icr_eager"] / max(mem["a_mid"], 1e-9)
+            ratios["c_icr_eager/a_all time"] = med["c_icr_eager"] / med["a_all"]
         report["sizes"][n]["ratios"] = ratios
         for k, v in ratios.items():
             console.print(f"  {k}: {v:.2f}")
