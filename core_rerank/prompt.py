@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChatMarkers", "Prompt", "TokenSpans", "build_prompt", "chat_markers"]
+__all__ = ["ChatMarkers", "Prompt", "TokenSpans", "build_prompt", "chat_markers", "cut_to_tokens"]
 
 INTRO = "Here are some paragraphs:\n\n"
 INSTRUCTION = "Please find information that are relevant to the following query in the paragraphs above.\n\n"
@@ -100,3 +100,21 @@ class TokenSpans:
         if start >= end or lo >= hi:
             return (0, 0)
         return (self._index[lo], self._index[hi - 1] + 1)
+
+
+def cut_to_tokens(tokenizer, texts: Sequence[str], max_tokens: int) -> list[tuple[str, int, bool]]:
+    """Each text cut to its first ``max_tokens`` tokens: ``(kept text, tokens kept, truncated)``.
+
+    The cut falls at a token boundary of the text tokenized on its own. A cheap character pre-cut
+    (32 characters per token) keeps a huge text from ever reaching the tokenizer whole.
+    """
+    if not texts:
+        return []
+    heads = [t[: max_tokens * 32] for t in texts]
+    enc = tokenizer(heads, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for text, head, ids, offs in zip(texts, heads, enc["input_ids"], enc["offset_mapping"]):
+        cut = len(ids) > max_tokens
+        kept = head[: offs[max_tokens - 1][1]] if cut else head
+        out.append((kept, min(len(ids), max_tokens), cut or len(head) < len(text)))
+    return out

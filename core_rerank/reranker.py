@@ -13,7 +13,7 @@ from . import scoring
 from .head_signal import HeadSignals, head_signals
 from .heads import HeadList, HeadSpec, resolve_head_list
 from .loading import LoadedModel, load_model, read_shape, resolve_device, resolve_dtype, resolve_quantization
-from .prompt import NULL_QUERY, TokenSpans, build_prompt, chat_markers
+from .prompt import NULL_QUERY, TokenSpans, build_prompt, chat_markers, cut_to_tokens
 from .results import RankedResults, RankResult
 from .sources import resolve_source
 from .windows import plan_windows
@@ -209,22 +209,13 @@ class Reranker:
         if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
             raise TypeError(f"documents must be a list of strings or dicts, got {type(documents).__name__}")
         texts = [_document_text(i, d) for i, d in enumerate(documents)]
-        if not texts:
-            return []
-        # Cheap pre-cut so a huge document never reaches the tokenizer whole.
-        char_cap = self.max_doc_tokens * 32
-        heads = [t[:char_cap] for t in texts]
-        tok = self._loaded.tokenizer
         with self._loaded.lock:  # fast tokenizers are not safe to share across threads
-            enc = tok(heads, add_special_tokens=False, return_offsets_mapping=True)
+            cut = cut_to_tokens(self._loaded.tokenizer, texts, self.max_doc_tokens)
         docs = []
-        for i, (text, ids, offs) in enumerate(zip(texts, enc["input_ids"], enc["offset_mapping"])):
-            cut = len(ids) > self.max_doc_tokens
-            scored = heads[i][: offs[self.max_doc_tokens - 1][1]] if cut else heads[i]
-            truncated = cut or len(heads[i]) < len(text)
+        for i, (text, (kept, tokens, truncated)) in enumerate(zip(texts, cut)):
             if truncated:
                 logger.info("document %d truncated to %d tokens", i, self.max_doc_tokens)
-            docs.append(_Doc(i, documents[i], text, scored, min(len(ids), self.max_doc_tokens), truncated))
+            docs.append(_Doc(i, documents[i], text, kept, tokens, truncated))
         return docs
 
     def _score(self, query: str, docs: list[_Doc]) -> tuple[list[float], list[int]]:
