@@ -85,5 +85,143 @@ def rank(
     console.print(table)
 
 
+def _data_spec(spec: str, default_split: str) -> tuple[Path, str]:
+    """'DIR' or 'DIR:SPLIT' -> (folder, split)."""
+    path, _, split = spec.partition(":") if ":" in Path(spec).name else (spec, "", "")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise typer.BadParameter(f"{folder} is not a data set folder", param_hint="--data")
+    return folder, split or default_split
+
+
+@app.command("detect-heads")
+def detect_heads(
+    data: Annotated[
+        list[str],
+        typer.Option("--data", help="Detection data: DIR[:SPLIT] (BEIR layout), repeatable. Never a test split."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Head-list JSON to write.")],
+    model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
+    method: Annotated[str, typer.Option(help="'core' (contrastive SCoRe) or 'qr' (mass on the positive).")] = "core",
+    k: Annotated[int, typer.Option(min=1, help="Number of heads to keep.")] = 8,
+    tau: Annotated[float, typer.Option(help="SCoRe temperature (core only).")] = 0.1,
+    negatives: Annotated[int, typer.Option(min=1, help="Hard negatives per sample (first-stage, not relevant).")] = 9,
+    max_samples: Annotated[int | None, typer.Option(min=1, help="At most this many samples per data set.")] = None,
+    max_doc_tokens: Annotated[int, typer.Option(min=8, help="Per-document token cap in detection prompts.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the positive's position.")] = 0,
+    masses: Annotated[Path | None, typer.Option(help="Also save the per-sample head masses (.npz) for sweeps.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also write a PNG head map (needs matplotlib).")] = None,
+    device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'. Default: CUDA if available.")] = None,
+) -> None:
+    """Detect CoRe (or QR) heads of MODEL on labelled data and write a head list the engine loads."""
+    from .datasets import load_dataset
+    from .detection import build_samples, collect_masses, make_head_list
+    from .reranker import Reranker
+
+    if method not in ("core", "qr"):
+        raise typer.BadParameter("method must be 'core' or 'qr'", param_hint="--method")
+    samples = []
+    for spec in data:
+        folder, split = _data_spec(spec, "train")
+        if split == "test":
+            console.print(f"[yellow]warning:[/yellow] detecting on a test split ({spec}) leaks into evaluation")
+        samples += build_samples(load_dataset(folder, split), None, negatives, max_samples, seed)
+    if not samples:
+        console.print("[red]error:[/red] no detection sample (queries need a relevant and non-relevant candidates)")
+        raise typer.Exit(2)
+    try:
+        reranker = Reranker(model, heads="all", device=device, quantization=None)
+    except (CoreRerankError, ValueError, TypeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    with console.status(f"detecting on {len(samples)} samples ...") as status:
+        result = collect_masses(
+            reranker, samples, max_doc_tokens, lambda n, t: status.update(f"detecting: sample {n}/{t}")
+        )
+    if masses is not None:
+        result.save(masses)
+    head_list = make_head_list(result, method, k, tau, extra={"negatives": negatives, "seed": seed})
+    head_list.save(out)
+    if plot is not None:
+        from .plots import plot_head_map
+
+        plot_head_map(head_list, plot)
+    console.print(f"wrote {out}: {', '.join(f'{a}-{b}' for a, b in head_list.heads)} ({len(samples)} samples)")
+
+
+@app.command()
+def evaluate(
+    data: Annotated[
+        list[str], typer.Option("--data", help="DIR[:SPLIT] in BEIR layout (default split test), repeatable.")
+    ],
+    heads: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--heads", help="NAME=PATH of a head list (or NAME=all), repeatable. Default: icr=all and the bundled list."
+        ),
+    ] = None,
+    model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
+    depth: Annotated[int, typer.Option(min=1, help="Re-rank this many first-stage candidates.")] = 20,
+    max_doc_tokens: Annotated[int, typer.Option(min=8, help="Per-document token cap.")] = 200,
+    order: Annotated[str, typer.Option(help="'reverse' (best candidate nearest the query) or 'given'.")] = "reverse",
+    max_queries: Annotated[int | None, typer.Option(min=1, help="Evaluate a fixed seeded sample of queries.")] = None,
+    dense: Annotated[bool, typer.Option(help="Also score the all-MiniLM-L6-v2 dense baseline.")] = True,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the results as JSON.")] = None,
+    device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'. Default: CUDA if available.")] = None,
+) -> None:
+    """nDCG@10 (pytrec_eval) of BM25, dense and attention re-ranking with each head list, on DATA."""
+    from .datasets import load_dataset
+    from .evaluation import DenseScorer, evaluate_dataset
+    from .heads import load_head_list
+    from .reranker import Reranker
+
+    try:
+        reranker = Reranker(model, heads="all", device=device, quantization=None)
+        sets: dict[str, list[tuple[int, int]]] = {"icr": list(reranker.head_list.heads)}
+        if heads is None:
+            bundled = Reranker(model, heads=None, device=device, quantization=None).head_list
+            sets[bundled.method if bundled.method != "all" else "default"] = list(bundled.heads)
+        for spec in heads or []:
+            name, _, path = spec.partition("=")
+            if not path:
+                raise typer.BadParameter(f"{spec!r}: use NAME=PATH or NAME=all", param_hint="--heads")
+            if path == "all":
+                sets[name] = list(reranker.head_list.heads)
+                continue
+            hl = load_head_list(path)
+            shape = reranker.head_list
+            hl.check_fits(reranker.model_id, shape.num_layers, shape.num_heads, shape.num_kv_heads)
+            sets[name] = list(hl.heads)
+        scorer = DenseScorer() if dense else None
+    except (CoreRerankError, ValueError, TypeError, ImportError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    results = []
+    for spec in data:
+        folder, split = _data_spec(spec, "test")
+        ds = load_dataset(folder, split)
+        with console.status(f"{ds.name}/{split} ...") as status:
+            res = evaluate_dataset(
+                reranker,
+                ds,
+                sets,
+                depth=depth,
+                max_doc_tokens=max_doc_tokens,
+                order=order,
+                max_queries=max_queries,
+                dense=scorer,
+                progress=lambda n, t, label=f"{ds.name}/{split}": status.update(f"{label}: query {n}/{t}"),
+            )
+        results.append(res)
+        table = Table(title=f"{ds.name}/{split}: nDCG@10, {res.queries} queries, {res.first_stage}, depth {depth}")
+        table.add_column("method")
+        table.add_column("nDCG@10", justify="right")
+        for m, v in res.ndcg.items():
+            table.add_row(m, f"{v:.4f}")
+        console.print(table)
+    if out is not None:
+        out.write_text(json.dumps([r.to_dict() for r in results], indent=1) + "\n", encoding="utf-8")
+
+
 if __name__ == "__main__":
     app()

@@ -18,7 +18,7 @@ def _weight_bytes(model) -> int:
 @pytest.fixture(scope="module")
 def q4():
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is in the 'quant' extra")
-    return Reranker(quantization="4bit")
+    return Reranker(heads="all", quantization="4bit")
 
 
 def test_4bit_loads_nf4_weights_in_less_memory(q4, fp32_all):

@@ -1,0 +1,125 @@
+"""Head detection: masses equal the captured attention, SCoRe's limits, QR vs CoRe, sample building
+from real training data, and a detected list that the engine loads and ranks with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import SANITY_DOCS, SANITY_QUERIES, shared_data
+
+from core_rerank.detection import (
+    DetectionResult,
+    DetectionSample,
+    build_samples,
+    collect_masses,
+    core_scores,
+    make_head_list,
+    qr_scores,
+    split_queries,
+    truncate_texts,
+)
+
+
+def _sanity_samples() -> list[DetectionSample]:
+    return [DetectionSample("sanity", str(i), q, tuple(SANITY_DOCS), pos) for i, (q, pos) in enumerate(SANITY_QUERIES)]
+
+
+@pytest.fixture(scope="module")
+def sanity_result(fp32_all) -> DetectionResult:
+    return collect_masses(fp32_all, _sanity_samples(), max_doc_tokens=32)
+
+
+def test_masses_are_the_captured_attention(fp32_all, sanity_result):
+    s = _sanity_samples()[2]
+    texts = truncate_texts(fp32_all.loaded_model.tokenizer, s.texts, 32)
+    w = fp32_all.attention_signals(s.query, texts)
+    row = fp32_all.head_list.heads.index((12, 4))
+    a, b = w.doc_spans[5]
+    m = sanity_result.masses[2]
+    assert m.shape == (270, len(SANITY_DOCS))
+    assert m[row, 5] == pytest.approx(float(w.signals.query[row, a:b].sum()), rel=1e-5)
+    assert (m >= 0).all() and (m.sum(axis=1) <= 1.0 + 1e-4).all()  # attention masses of a softmax row
+
+
+def test_score_limits(sanity_result):
+    n_docs = len(SANITY_DOCS)
+    assert core_scores(sanity_result, 1e6) == pytest.approx(np.full(270, 1 / n_docs), abs=1e-5)
+    cold = core_scores(sanity_result, 1e-9)  # tau -> 0: share of samples where the positive wins
+    wins = np.mean([m.argmax(axis=1) == p for m, p in zip(sanity_result.masses, sanity_result.positives)], axis=0)
+    top2 = [np.sort(m, axis=1)[:, -2:] for m in sanity_result.masses]
+    clear = np.all([t[:, 1] - t[:, 0] > 1e-6 for t in top2], axis=0)  # heads without a near-tie at the top
+    assert clear.sum() > 200
+    assert cold[clear] == pytest.approx(wins[clear], abs=1e-6)
+    qr = qr_scores(sanity_result)
+    assert qr == pytest.approx(np.mean([m[:, p] for m, p in zip(sanity_result.masses, sanity_result.positives)], 0))
+
+
+def test_detected_list_loads_and_ranks(sanity_result, tmp_path):
+    from core_rerank import Reranker, load_head_list
+
+    core = make_head_list(sanity_result, "core", k=8, tau=0.1)
+    qr = make_head_list(sanity_result, "qr", k=16)
+    assert len(core.heads) == 8 and core.method == "core" and core.tau == 0.1
+    assert list(core.scores) == sorted(core.scores, reverse=True)
+    assert len(core.score_matrix) == 30 and len(core.score_matrix[0]) == 9
+    assert qr.tau is None and len(qr.heads) == 16
+    path = core.save(tmp_path / "core.json")
+    loaded = load_head_list(path)
+    assert loaded.heads == core.heads and loaded.detection["samples"] == len(SANITY_QUERIES)
+    rr = Reranker(heads=path, dtype="float32", max_doc_tokens=32)
+    assert rr.loaded_model.layers_loaded == core.max_layer + 1
+    # In-sample (the list was selected on these queries): the detected heads must find the answers.
+    top1 = [rr.rank(q, SANITY_DOCS)[0].index == pos for q, pos in SANITY_QUERIES]
+    assert sum(top1) >= 5, top1
+
+
+def test_result_roundtrip(sanity_result, tmp_path):
+    sanity_result.save(tmp_path / "m.npz")
+    back = DetectionResult.load(tmp_path / "m.npz")
+    assert back.heads == sanity_result.heads and back.positives == sanity_result.positives
+    assert np.array_equal(back.masses[3], sanity_result.masses[3])
+
+
+def test_build_samples_from_scifact_train():
+    from core_rerank.datasets import load_dataset
+
+    ds = load_dataset(shared_data("scifact"), "train")
+    det, held = split_queries(ds.query_ids, 0.25, seed=0)
+    assert not set(det) & set(held) and len(held) == round(0.25 * len(ds.query_ids))
+    samples = build_samples(ds, det[:20], n_negatives=5, seed=0)
+    assert len(samples) >= 15
+    positions = {s.positive for s in samples}
+    assert len(positions) > 1  # the positive moves around
+    for s in samples:
+        assert len(s.texts) == 6
+        rel = ds.qrels[s.query_id]
+        ids = {ds.doc_text(d): d for d in ds.corpus if d in rel}
+        assert s.texts[s.positive] in ids  # the positive is judged relevant
+        others = [t for i, t in enumerate(s.texts) if i != s.positive]
+        assert not any(t in ids for t in others)  # negatives are not
+
+
+def test_cli_detect_heads_then_evaluate(tmp_path):
+    """`detect-heads` writes a list the engine loads; `evaluate` scores it next to the baselines."""
+    from typer.testing import CliRunner
+
+    from core_rerank import load_head_list
+    from core_rerank.cli import app
+
+    wiki = shared_data("wikiqa_tok")
+    out = tmp_path / "wiki.core.json"
+    args = ["detect-heads", "--data", f"{wiki}:train", "--out", str(out), "--k", "4", "--max-samples", "3"]
+    got = CliRunner().invoke(app, [*args, "--max-doc-tokens", "32", "--masses", str(tmp_path / "m.npz")])
+    assert got.exit_code == 0, got.output
+    hl = load_head_list(out)
+    assert len(hl.heads) == 4 and hl.detection["samples"] == 3 and hl.detection["samples_by_source"]
+    res = tmp_path / "res.json"
+    args = ["evaluate", "--data", f"{wiki}:dev", "--heads", f"mine={out}", "--max-queries", "2", "--depth", "5"]
+    got = CliRunner().invoke(app, [*args, "--max-doc-tokens", "32", "--no-dense", "--out", str(res)])
+    assert got.exit_code == 0, got.output
+    import json
+
+    (r,) = json.loads(res.read_text())
+    assert r["queries"] == 2 and {"bm25", "icr", "mine", "mine+bm25"} <= set(r["ndcg@10"])
+    bad = CliRunner().invoke(app, ["evaluate", "--data", str(wiki), "--heads", "oops"])
+    assert bad.exit_code != 0

@@ -1,0 +1,104 @@
+"""Evaluation: nDCG@10 against hand values and the published BM25 number, data loading, the bm25s
+fallback, and that the evaluator's per-head-set scores equal the engine's own scores."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+from conftest import SANITY_DOCS, SANITY_QUERIES, shared_data
+
+from core_rerank.evaluation import ndcg_at_10, per_query_ndcg, ranking_to_run, rrf
+
+pytest.importorskip("pytrec_eval", reason="the eval extra (pytrec-eval-terrier) is not installed")
+
+
+def test_ndcg_hand_values():
+    qrels = {"q1": {"a": 1, "b": 0}, "q2": {"x": 2, "y": 1}, "q3": {"z": 1}}
+    run = {"q1": {"b": 2.0, "a": 1.0}, "q2": {"y": 2.0, "x": 1.0}}  # q3 missing -> 0
+    per = per_query_ndcg(qrels, run)
+    assert per["q1"] == pytest.approx(1 / math.log2(3))
+    # graded, trec_eval's linear gain (as BEIR): DCG = 1/log2(2) + 2/log2(3); ideal = 2/1 + 1/log2(3)
+    assert per["q2"] == pytest.approx((1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3)))
+    assert per["q3"] == 0.0
+    assert ndcg_at_10(qrels, run) == pytest.approx(sum(per.values()) / 3)
+
+
+def test_ranking_to_run_and_rrf():
+    run = ranking_to_run(["a", "b", "c", "d"], [0.5, 2.0, 0.5, -math.inf])
+    assert sorted(run, key=run.get, reverse=True) == ["b", "a", "c", "d"]  # tie: input order; -inf last
+    assert len(set(run.values())) == 4  # never tied
+    fused = rrf([3.0, 2.0, 1.0], [1.0, 2.0, 3.0], k=60)
+    assert fused[1] == pytest.approx(2 / 62)
+    assert fused[0] == pytest.approx(fused[2])  # ranks (1, 3) and (3, 1)
+
+
+def test_scifact_bm25_run_matches_published():
+    from core_rerank.datasets import first_stage, load_dataset, read_trec_run
+
+    ds = load_dataset(shared_data("scifact"), "test")
+    assert len(ds.query_ids) == 300 and len(ds.corpus) == 5183
+    cands, desc = first_stage(ds)
+    assert desc.endswith("bm25s_top100.test.trec") and len(cands) == 300
+    full = read_trec_run(ds.path / "runs" / "bm25s_top100.test.trec")
+    run = {q: dict(zip(c.doc_ids, c.scores)) for q, c in full.items()}
+    assert ndcg_at_10(ds.qrels, run) == pytest.approx(0.662, abs=0.001)  # data README / BEIR 0.665
+
+
+def test_bm25s_fallback_equals_shipped_run(tmp_path):
+    """Without runs/ the first stage is bm25s over the corpus; on ADI it matches the shipped bm25s run."""
+    from core_rerank.datasets import first_stage, load_dataset, read_trec_run
+
+    src = shared_data("adi")
+    (tmp_path / "qrels").mkdir()
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+        shutil.copy(src / name, tmp_path / name)
+    ds = load_dataset(tmp_path, "test")
+    cands, desc = first_stage(ds)
+    assert desc.startswith("bm25s top-100")
+    ours = ndcg_at_10(ds.qrels, {q: dict(zip(c.doc_ids, c.scores)) for q, c in cands.items()})
+    shipped = read_trec_run(src / "runs" / "bm25s_top100.test.trec")
+    ref = ndcg_at_10(ds.qrels, {q: dict(zip(c.doc_ids, c.scores)) for q, c in shipped.items()})
+    assert ours == pytest.approx(ref, abs=0.02)
+    assert ours > 0.2  # far above a random order of 82 documents
+
+
+@pytest.mark.parametrize("order", ["reverse", "given"])
+def test_head_set_scores_equal_engine(fp32_all, order):
+    """Scores the evaluator derives for a head subset from the all-heads pass equal what the engine
+    itself computes with that subset as its head list (same prompt, same formula)."""
+    from core_rerank import Reranker
+    from core_rerank.detection import truncate_texts
+    from core_rerank.evaluation import attention_scores
+
+    subset = [(3, 1), (5, 4), (7, 2)]
+    row_of = {h: i for i, h in enumerate(fp32_all.head_list.heads)}
+    texts = truncate_texts(fp32_all.loaded_model.tokenizer, SANITY_DOCS, 24)
+    query = SANITY_QUERIES[0][0]
+    got = attention_scores(fp32_all, query, texts, {"sub": [row_of[h] for h in subset], "all": list(range(270))}, order)
+    engine_sub = Reranker(heads=subset, dtype="float32", max_doc_tokens=24, order=order).score(query, SANITY_DOCS)
+    engine_all = Reranker(heads="all", dtype="float32", max_doc_tokens=24, order=order).score(query, SANITY_DOCS)
+    assert got["sub"][0] == pytest.approx(engine_sub, rel=1e-5, abs=1e-6)
+    assert got["all"][0] == pytest.approx(engine_all, rel=1e-5, abs=1e-6)
+    assert got["sub"][0] != pytest.approx(got["all"][0])  # the subset really is a different scorer
+
+
+def test_evaluate_dataset_small(fp32_all):
+    """End to end on 3 HotpotQA questions (2 gold of 10): methods present, values in [0, 1], the
+    first-stage row equals nDCG of the first-stage order computed independently."""
+    from core_rerank.datasets import first_stage, load_dataset
+    from core_rerank.evaluation import evaluate_dataset
+
+    ds = load_dataset(shared_data("hotpotqa_distractor_dev500"), "test")
+    res = evaluate_dataset(fp32_all, ds, {"late": [(20, 0), (21, 3)]}, depth=10, max_doc_tokens=48, max_queries=3)
+    assert res.queries == 3
+    assert set(res.ndcg) == {"bm25", "late", "late+bm25"}
+    assert all(0.0 <= v <= 1.0 for v in res.ndcg.values())
+    cands, _ = first_stage(ds)
+    qids = list(res.per_query["bm25"])
+    expected = ndcg_at_10(
+        {q: ds.qrels[q] for q in qids},
+        {q: {d: -float(i) for i, d in enumerate(cands[q].doc_ids[:10])} for q in qids},
+    )
+    assert res.ndcg["bm25"] == pytest.approx(expected)
