@@ -303,6 +303,20 @@ def stage_report(args) -> None:
     ]
     for k, v in list(dev["mean_ndcg@10"].items())[:25]:
         lines.append(f"| {k} | {v:.4f} |")
+    from core_rerank.heads import find_bundled_head_list
+    from core_rerank.plots import plot_head_map
+
+    bundled = find_bundled_head_list("HuggingFaceTB/SmolLM2-135M-Instruct", "core")
+    if bundled is not None and bundled.score_matrix is not None:
+        plot_head_map(bundled, ROOT / "docs" / "heads_smollm2_core.png")
+        lines += [
+            "",
+            "## Head map of the bundled list",
+            "",
+            "Mean SCoRe of every head on the detection samples; the selected heads are outlined in red.",
+            "",
+            "![SmolLM2-135M-Instruct CoRe head map](heads_smollm2_core.png)",
+        ]
     # Hand-written findings: WORK/findings.md if present, else the "## Findings" section already in the doc.
     doc = ROOT / "docs" / "quality.md"
     extra = args.work / "findings.md"
