@@ -101,6 +101,7 @@ def detect_heads(
         typer.Option("--data", help="Detection data: DIR[:SPLIT] (BEIR layout), repeatable. Never a test split."),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Head-list JSON to write.")],
+    split: Annotated[str, typer.Option(help="Split of every --data DIR given without :SPLIT.")] = "train",
     model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
     method: Annotated[str, typer.Option(help="'core' (contrastive SCoRe) or 'qr' (mass on the positive).")] = "core",
     k: Annotated[int, typer.Option(min=1, help="Number of heads to keep.")] = 8,
@@ -122,10 +123,10 @@ def detect_heads(
         raise typer.BadParameter("method must be 'core' or 'qr'", param_hint="--method")
     samples = []
     for spec in data:
-        folder, split = _data_spec(spec, "train")
-        if split == "test":
+        folder, part = _data_spec(spec, split)
+        if part == "test":
             console.print(f"[yellow]warning:[/yellow] detecting on a test split ({spec}) leaks into evaluation")
-        samples += build_samples(load_dataset(folder, split), None, negatives, max_samples, seed)
+        samples += build_samples(load_dataset(folder, part), None, negatives, max_samples, seed)
     if not samples:
         console.print("[red]error:[/red] no detection sample (queries need a relevant and non-relevant candidates)")
         raise typer.Exit(2)
@@ -149,27 +150,45 @@ def detect_heads(
     console.print(f"wrote {out}: {', '.join(f'{a}-{b}' for a, b in head_list.heads)} ({len(samples)} samples)")
 
 
+_SHAPE = ("num_layers", "num_heads", "num_kv_heads")
+
+
 @app.command()
 def evaluate(
+    data_dirs: Annotated[
+        list[str] | None, typer.Argument(metavar="DATA_DIR...", help="Data set folders (BEIR layout), DIR[:SPLIT].")
+    ] = None,
     data: Annotated[
-        list[str], typer.Option("--data", help="DIR[:SPLIT] in BEIR layout (default split test), repeatable.")
-    ],
+        list[str] | None, typer.Option("--data", help="DIR[:SPLIT] in BEIR layout, repeatable (as DATA_DIR).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of every data set given without :SPLIT.")] = "test",
+    methods: Annotated[
+        str | None,
+        typer.Option(help="Comma list of methods to report, e.g. bm25,dense,icr,qr,core (default: all computed)."),
+    ] = None,
     heads: Annotated[
         list[str] | None,
         typer.Option(
-            "--heads", help="NAME=PATH of a head list (or NAME=all), repeatable. Default: icr=all and the bundled list."
+            "--heads", help="NAME=PATH of a head list (or NAME=all), repeatable; icr and the bundled list always run."
         ),
     ] = None,
     model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
-    depth: Annotated[int, typer.Option(min=1, help="Re-rank this many first-stage candidates.")] = 20,
+    depth: Annotated[
+        int, typer.Option("--depth", "--top-k", min=1, help="Re-rank this many first-stage candidates.")
+    ] = 20,
     max_doc_tokens: Annotated[int, typer.Option(min=8, help="Per-document token cap.")] = 200,
     order: Annotated[str, typer.Option(help="'reverse' (best candidate nearest the query) or 'given'.")] = "reverse",
     max_queries: Annotated[int | None, typer.Option(min=1, help="Evaluate a fixed seeded sample of queries.")] = None,
     dense: Annotated[bool, typer.Option(help="Also score the all-MiniLM-L6-v2 dense baseline.")] = True,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the results as JSON.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "--json", "-o", help="Write the results as JSON.")] = None,
     device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'. Default: CUDA if available.")] = None,
 ) -> None:
-    """nDCG@10 (pytrec_eval) of BM25, dense and attention re-ranking with each head list, on DATA."""
+    """nDCG@10, MRR@10 and recall@depth (pytrec_eval) of BM25, dense and attention re-ranking with each
+    head list (icr = all heads, the bundled list under its method's name, and --heads NAME=PATH)."""
+    specs = [*(data_dirs or []), *(data or [])]
+    if not specs:
+        raise typer.BadParameter("give at least one data set folder", param_hint="DATA_DIR")
+    wanted = None if methods is None else {m.strip() for m in methods.split(",") if m.strip()}
     from .datasets import load_dataset
     from .evaluation import DenseScorer, evaluate_dataset
     from .heads import load_head_list
@@ -178,9 +197,12 @@ def evaluate(
     try:
         reranker = Reranker(model, heads="all", device=device, quantization=None)
         sets: dict[str, list[tuple[int, int]]] = {"icr": list(reranker.head_list.heads)}
-        if heads is None:
-            bundled = Reranker(model, heads=None, device=device, quantization=None).head_list
-            sets[bundled.method if bundled.method != "all" else "default"] = list(bundled.heads)
+        from .heads import find_bundled_head_list
+
+        bundled = find_bundled_head_list(reranker.model_id)
+        if bundled is not None and bundled.method != "all":
+            bundled.check_fits(reranker.model_id, *(getattr(reranker.head_list, a) for a in _SHAPE))
+            sets[bundled.method] = list(bundled.heads)
         for spec in heads or []:
             name, _, path = spec.partition("=")
             if not path:
@@ -189,18 +211,19 @@ def evaluate(
                 sets[name] = list(reranker.head_list.heads)
                 continue
             hl = load_head_list(path)
-            shape = reranker.head_list
-            hl.check_fits(reranker.model_id, shape.num_layers, shape.num_heads, shape.num_kv_heads)
+            hl.check_fits(reranker.model_id, *(getattr(reranker.head_list, a) for a in _SHAPE))
             sets[name] = list(hl.heads)
-        scorer = DenseScorer() if dense else None
+        if wanted is not None:
+            sets = {name: hs for name, hs in sets.items() if name in wanted}
+        scorer = DenseScorer() if dense and (wanted is None or "dense" in wanted) else None
     except (CoreRerankError, ValueError, TypeError, ImportError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     results = []
-    for spec in data:
-        folder, split = _data_spec(spec, "test")
-        ds = load_dataset(folder, split)
-        with console.status(f"{ds.name}/{split} ...") as status:
+    for spec in specs:
+        folder, part = _data_spec(spec, split)
+        ds = load_dataset(folder, part)
+        with console.status(f"{ds.name}/{part} ...") as status:
             res = evaluate_dataset(
                 reranker,
                 ds,
@@ -210,14 +233,21 @@ def evaluate(
                 order=order,
                 max_queries=max_queries,
                 dense=scorer,
-                progress=lambda n, t, label=f"{ds.name}/{split}": status.update(f"{label}: query {n}/{t}"),
+                progress=lambda n, t, label=f"{ds.name}/{part}": status.update(f"{label}: query {n}/{t}"),
             )
+        if wanted is not None:
+            keep = {m for m in res.metrics if m in wanted or (m == "first_stage" and "bm25" in wanted)}
+            res.metrics = {m: v for m, v in res.metrics.items() if m in keep}
+            res.ndcg = {m: v for m, v in res.ndcg.items() if m in keep}
         results.append(res)
-        table = Table(title=f"{ds.name}/{split}: nDCG@10, {res.queries} queries, {res.first_stage}, depth {depth}")
+        table = Table(title=f"{ds.name}/{part}: {res.queries} queries, {res.first_stage}, depth {depth}")
         table.add_column("method")
-        table.add_column("nDCG@10", justify="right")
-        for m, v in res.ndcg.items():
-            table.add_row(m, f"{v:.4f}")
+        names = next(iter(res.metrics.values()), {}).keys()
+        for metric in names:
+            table.add_column(metric, justify="right")
+        for m, values in res.metrics.items():
+            table.add_row(m, *(f"{values[k]:.4f}" for k in names))
+        table.caption = f"{res.seconds / max(res.queries, 1):.2f} s per query"
         console.print(table)
     if out is not None:
         out.write_text(json.dumps([r.to_dict() for r in results], indent=1) + "\n", encoding="utf-8")

@@ -46,6 +46,25 @@ logger = logging.getLogger(__name__)
 RRF_K = 60
 
 
+def per_query_metrics(
+    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], k: int
+) -> dict[str, dict[str, float]]:
+    """nDCG@10, MRR@10 and recall@k per query of ``qrels`` (pytrec_eval ``ndcg_cut.10``, ``recip_rank`` on
+    the top 10, ``recall.k``); queries missing from ``run`` get 0."""
+    import pytrec_eval
+
+    qrels = {q: {d: int(g) for d, g in rel.items()} for q, rel in qrels.items()}
+    runs = {q: dict(docs) for q, docs in run.items() if q in qrels and docs}
+    top10 = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:10]) for q, docs in runs.items()}
+    full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", f"recall.{k}"}).evaluate(runs)
+    head = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    return {
+        "nDCG@10": {q: float(full[q]["ndcg_cut_10"]) if q in full else 0.0 for q in qrels},
+        "MRR@10": {q: float(head[q]["recip_rank"]) if q in head else 0.0 for q in qrels},
+        f"recall@{k}": {q: float(full[q][f"recall_{k}"]) if q in full else 0.0 for q in qrels},
+    }
+
+
 def per_query_ndcg(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """nDCG@10 per query of ``qrels`` (pytrec_eval ``ndcg_cut.10``); queries missing from ``run`` get 0."""
     import pytrec_eval
@@ -110,6 +129,7 @@ class EvalResult:
     settings: dict[str, Any]
     ndcg: dict[str, float] = field(default_factory=dict)
     per_query: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> metric -> mean
     seconds: float = 0.0
 
     def to_dict(self, per_query: bool = False) -> dict[str, Any]:
@@ -120,7 +140,9 @@ class EvalResult:
             "queries": self.queries,
             "settings": self.settings,
             "ndcg@10": {m: round(v, 4) for m, v in self.ndcg.items()},
+            "metrics": {m: {k: round(v, 4) for k, v in mv.items()} for m, mv in self.metrics.items()},
             "seconds": round(self.seconds, 1),
+            "seconds_per_query": round(self.seconds / self.queries, 2) if self.queries else 0.0,
         }
         if per_query:
             out["per_query"] = {m: {q: round(v, 4) for q, v in pq.items()} for m, pq in self.per_query.items()}
@@ -235,8 +257,10 @@ def evaluate_dataset(
         {"depth": depth, "max_doc_tokens": max_doc_tokens, "order": order, "model": reranker.model_id},
     )
     for method, r in runs.items():
-        pq = per_query_ndcg(qrels, r)
+        per_metric = per_query_metrics(qrels, r, depth)
+        pq = per_metric["nDCG@10"]
         res.per_query[method] = pq
         res.ndcg[method] = statistics.fmean(pq.values()) if pq else 0.0
+        res.metrics[method] = {m: statistics.fmean(v.values()) if v else 0.0 for m, v in per_metric.items()}
     res.seconds = time.perf_counter() - t0
     return res

@@ -120,6 +120,31 @@ def test_cli_detect_heads_then_evaluate(tmp_path):
     import json
 
     (r,) = json.loads(res.read_text())
-    assert r["queries"] == 2 and {"bm25", "icr", "mine", "mine+bm25"} <= set(r["ndcg@10"])
+    assert r["queries"] == 2 and {"bm25", "icr", "core", "mine", "mine+bm25"} <= set(r["ndcg@10"])
     bad = CliRunner().invoke(app, ["evaluate", "--data", str(wiki), "--heads", "oops"])
     assert bad.exit_code != 0
+
+
+def test_cli_issue_forms(tmp_path):
+    """The documented forms: `detect-heads --data DIR --split SPLIT` and
+    `evaluate DATA_DIR --split S --methods ... --top-k K --json OUT` with nDCG@10, MRR@10 and recall@k."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from core_rerank.cli import app
+
+    wiki = shared_data("wikiqa_tok")
+    out = tmp_path / "h.json"
+    args = ["detect-heads", "--data", str(wiki), "--split", "train", "--tau", "0.1", "--k", "2", "--out", str(out)]
+    got = CliRunner().invoke(app, [*args, "--max-samples", "2", "--max-doc-tokens", "24"])
+    assert got.exit_code == 0, got.output
+    assert json.loads(out.read_text())["detection"]["samples_by_source"] == {"wikiqa_tok/train": 2}
+    res = tmp_path / "r.json"
+    args = ["evaluate", str(wiki), "--split", "dev", "--methods", "bm25,icr", "--top-k", "5", "--max-queries", "2"]
+    got = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*args, "--max-doc-tokens", "24", "--json", str(res)])
+    assert got.exit_code == 0, got.output
+    assert "MRR@10" in got.output and "s per query" in got.output
+    (r,) = json.loads(res.read_text())
+    assert set(r["metrics"]) == {"bm25", "icr"} and r["split"] == "dev"
+    assert set(r["metrics"]["icr"]) == {"nDCG@10", "MRR@10", "recall@5"} and r["seconds_per_query"] > 0

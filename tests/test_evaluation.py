@@ -9,7 +9,7 @@ import shutil
 import pytest
 from conftest import SANITY_DOCS, SANITY_QUERIES, shared_data
 
-from core_rerank.evaluation import ndcg_at_10, per_query_ndcg, ranking_to_run, rrf
+from core_rerank.evaluation import ndcg_at_10, per_query_metrics, per_query_ndcg, ranking_to_run, rrf
 
 pytest.importorskip("pytrec_eval", reason="the eval extra (pytrec-eval-terrier) is not installed")
 
@@ -23,6 +23,19 @@ def test_ndcg_hand_values():
     assert per["q2"] == pytest.approx((1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3)))
     assert per["q3"] == 0.0
     assert ndcg_at_10(qrels, run) == pytest.approx(sum(per.values()) / 3)
+
+
+def test_mrr_and_recall_hand_values():
+    qrels = {"q1": {"a": 1, "c": 1}, "q2": {"x": 1}}
+    # q1: a relevant doc at rank 3 (of 12); c is never retrieved. q2: x at rank 11, beyond MRR@10's cut.
+    run = {
+        "q1": {"b": 12.0, "d": 11.0, "a": 10.0, **{f"n{i}": float(i) for i in range(9)}},
+        "q2": {**{f"m{i}": float(20 + i) for i in range(10)}, "x": 1.0},
+    }
+    m = per_query_metrics(qrels, run, k=12)
+    assert m["MRR@10"] == {"q1": pytest.approx(1 / 3), "q2": 0.0}
+    assert m["recall@12"] == {"q1": pytest.approx(0.5), "q2": pytest.approx(1.0)}
+    assert m["nDCG@10"]["q1"] == pytest.approx(per_query_ndcg(qrels, run)["q1"])
 
 
 def test_ranking_to_run_and_rrf():
@@ -102,3 +115,6 @@ def test_evaluate_dataset_small(fp32_all):
         {q: {d: -float(i) for i, d in enumerate(cands[q].doc_ids[:10])} for q in qids},
     )
     assert res.ndcg["bm25"] == pytest.approx(expected)
+    assert res.metrics["bm25"]["nDCG@10"] == pytest.approx(expected)
+    assert set(res.metrics["late"]) == {"nDCG@10", "MRR@10", "recall@10"}
+    assert res.metrics["bm25"]["recall@10"] == pytest.approx(res.metrics["late"]["recall@10"])  # same pool
