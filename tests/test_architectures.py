@@ -79,6 +79,9 @@ def test_tiny_random_model_signals_match_eager(arch, tokenizer_dir, tmp_path):
         assert torch.equal(part.query[i], full.query[full.heads.index(head)])
     ranked = rr.rank(QUERY, DOCS)
     assert sorted(ranked.indices) == list(range(len(DOCS)))
+    bundled = Reranker("gemma-3-270m")  # its detected CoRe list: deepest head in layer 12 of 18
+    assert bundled.head_list.method == "core" and bundled.loaded_model.layers_loaded == 13
+    assert sorted(bundled.rank(QUERY, DOCS).indices) == list(range(len(DOCS)))
 
 
 def _packaged_or_skip(name: str):
