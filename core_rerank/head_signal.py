@@ -9,6 +9,7 @@ captured once and count for both.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,13 +51,14 @@ def _stack(
     return torch.cat(rows, dim=0)
 
 
-def _cache_argument(model: torch.nn.Module) -> str:
+@functools.cache
+def _cache_argument(model_class: type) -> str:
     # transformers renamed `past_key_values` to `cache` (deprecated from 5.2x, removed in 5.40).
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _forward(model, ids: Sequence[int], cache: DynamicCache, capture: AttentionCapture, device) -> None:
-    kwargs = {_cache_argument(model): cache}
+    kwargs = {_cache_argument(type(model)): cache}
     with capturing(capture):
         model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True, **kwargs)
 

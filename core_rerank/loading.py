@@ -240,10 +240,11 @@ def _load(source, num_layers, dtype, quantization, device, local_files_only) -> 
     from transformers.utils import logging as hf_logging
 
     quant_config = _quantization_config(quantization, dtype)
-    shape, location = read_shape(source, local_files_only)
+    location = dense_directory(source)
+    config = _load_config(location, source, local_files_only)
+    shape = model_shape(config)  # of the full model: read before the layer count is cut below
     if not 1 <= num_layers <= shape.num_layers:
         raise ValueError(f"cannot keep {num_layers} layers of a {shape.num_layers}-layer model")
-    config = _load_config(location, source, local_files_only)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     text_config.num_hidden_layers = num_layers
     if isinstance(getattr(text_config, "layer_types", None), list):
