@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .reranker import Reranker
 
-__all__ = ["ENGINE_SETTINGS", "reranker_for", "shared_reranker"]
+__all__ = ["ENGINE_SETTINGS", "plain_setting", "reranker_for", "shared_reranker"]
 
 ENGINE_SETTINGS = ("model", "heads", "quantization", "dtype", "device", "max_doc_tokens", "max_tokens")
 """The ``Reranker`` arguments a framework wrapper exposes as its own fields."""
@@ -49,3 +49,13 @@ def shared_reranker(**settings: Any) -> Reranker:
 def reranker_for(config: Any) -> Reranker:
     """The shared reranker for an object (a framework wrapper) that has the ``ENGINE_SETTINGS`` attributes."""
     return shared_reranker(**{name: getattr(config, name) for name in ENGINE_SETTINGS})
+
+
+def plain_setting(name: str, value: Any) -> Any:
+    """An engine setting as plain data, so a wrapper's fields serialize and round-trip: paths as
+    strings for ``model`` / ``heads``, a ``torch.dtype`` as its name (``"bfloat16"``) for ``dtype``."""
+    if name in ("model", "heads") and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if name == "dtype" and value is not None and not isinstance(value, str):
+        return str(value).removeprefix("torch.")
+    return value

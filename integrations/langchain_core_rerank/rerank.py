@@ -10,14 +10,15 @@ The engine (and its model) is created on first use and shared process-wide with 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables.config import run_in_executor
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+
+from core_rerank.registry import plain_setting, reranker_for
 
 if TYPE_CHECKING:
     from core_rerank import RankedResults, Reranker
@@ -56,23 +57,16 @@ class CoReRerank(BaseDocumentCompressor):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    @field_validator("model", "heads", mode="before")
+    @field_validator("model", "heads", "dtype", mode="before")
     @classmethod
-    def _paths_to_str(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-    @field_validator("dtype", mode="before")
-    @classmethod
-    def _dtype_to_str(cls, value: Any) -> Any:
-        # Accept a torch.dtype too: keep the field a plain string so model_dump() round-trips.
-        return str(value).removeprefix("torch.") if value is not None and not isinstance(value, str) else value
+    def _plain(cls, value: Any, info: ValidationInfo) -> Any:
+        # Paths and torch dtypes become plain strings, so model_dump() round-trips.
+        return plain_setting(info.field_name, value)
 
     # ------------------------------------------------------------------ engine
     @property
     def engine(self) -> Reranker:
         """The ``core_rerank.Reranker`` for these settings: built on first use, shared process-wide."""
-        from core_rerank.registry import reranker_for
-
         return reranker_for(self)
 
     # ------------------------------------------------------------------ compressor API

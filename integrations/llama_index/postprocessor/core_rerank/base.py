@@ -10,15 +10,16 @@ The engine (and its model) is created on first use and shared process-wide with 
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import TYPE_CHECKING, Any, Literal
 
-from llama_index.core.bridge.pydantic import Field, field_validator
+from llama_index.core.bridge.pydantic import Field, ValidationInfo, field_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
+from core_rerank.registry import plain_setting, reranker_for
 
 if TYPE_CHECKING:
     from core_rerank import RankedResults, Reranker
@@ -61,15 +62,11 @@ class CoReRerank(BaseNodePostprocessor):
         default=False, description="Keep the first-stage score in node.metadata['retrieval_score']."
     )
 
-    @field_validator("model", "heads", mode="before")
+    @field_validator("model", "heads", "dtype", mode="before")
     @classmethod
-    def _paths_to_str(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-    @field_validator("dtype", mode="before")
-    @classmethod
-    def _dtype_to_str(cls, value: Any) -> Any:
-        return str(value).removeprefix("torch.") if value is not None and not isinstance(value, str) else value
+    def _plain(cls, value: Any, info: ValidationInfo) -> Any:
+        # Paths and torch dtypes become plain strings, so model_dump() round-trips.
+        return plain_setting(info.field_name, value)
 
     @classmethod
     def class_name(cls) -> str:
@@ -79,8 +76,6 @@ class CoReRerank(BaseNodePostprocessor):
     @property
     def engine(self) -> Reranker:
         """The ``core_rerank.Reranker`` for these settings: built on first use, shared process-wide."""
-        from core_rerank.registry import reranker_for
-
         return reranker_for(self)
 
     # ------------------------------------------------------------------ postprocessor API
