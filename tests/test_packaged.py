@@ -1,0 +1,86 @@
+"""Packaged split models: assembled once into one cache file per model, re-used across reinstalls."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+from core_rerank.packaged import PackagedModel
+
+
+@pytest.fixture()
+def fake_parts(tmp_path, monkeypatch):
+    """Two importable packages, each holding one part of a split file (as the pandas-sns parts do)."""
+    site = tmp_path / "site"
+    paths = []
+    for i, payload in enumerate((b"GGUF-first-half|", b"second-half")):
+        pkg = site / f"crr_fake_part{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "data" / "part.bin").write_bytes(payload)
+        paths.append(pkg / "data" / "part.bin")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    model = PackagedModel(
+        "fake-model", "org/fake", "pip install fake", tuple((f"crr_fake_part{i}", "data/part.bin") for i in range(2))
+    )
+    return model, paths, tmp_path / "cache"
+
+
+def test_assembles_one_file_and_reuses_it_after_a_reinstall(fake_parts):
+    model, paths, cache = fake_parts
+    legacy = cache / "packaged" / "fake-model-27-1700000000.gguf"  # per-install name of older versions
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"old")
+    first = model.gguf_file(cache)
+    assert first == cache / "packaged" / "fake-model.gguf"
+    assert first.read_bytes() == b"GGUF-first-half|second-half"
+    assert not legacy.exists()
+    inode = first.stat().st_ino
+    for p in paths:  # a reinstall: same bytes, new modification times
+        os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
+    again = model.gguf_file(cache)
+    assert again == first and again.stat().st_ino == inode  # not re-written
+    assert sorted(f.name for f in (cache / "packaged").iterdir()) == ["fake-model.gguf", "fake-model.parts.json"]
+
+
+def test_changed_parts_replace_the_assembled_file(fake_parts):
+    model, paths, cache = fake_parts
+    model.gguf_file(cache)
+    paths[1].write_bytes(b"SECOND-HALF")  # same size, new bytes
+    assert model.gguf_file(cache).read_bytes() == b"GGUF-first-half|SECOND-HALF"
+    (cache / "packaged" / "fake-model.parts.json").write_text("{not json")  # a corrupt stamp: rebuilt, no crash
+    assert model.gguf_file(cache).read_bytes() == b"GGUF-first-half|SECOND-HALF"
+    assert len(list((cache / "packaged").glob("*.gguf"))) == 1
+
+
+def test_missing_part_means_not_installed(fake_parts):
+    model, paths, cache = fake_parts
+    paths[0].unlink()
+    assert not model.installed()
+    assert model.gguf_file(cache) is None
+
+
+@pytest.mark.parametrize("packaged", [True, False])
+def test_dequantized_cache_keeps_one_entry_per_packaged_model(fake_parts, monkeypatch, packaged):
+    from core_rerank import sources
+
+    model, _, cache = fake_parts
+    monkeypatch.setenv("CORE_RERANK_CACHE", str(cache))
+    gguf = model.gguf_file(cache)
+    stale = cache / "gguf" / "fake-model-27-1700000000-0123456789abcdef0123-v1"
+    stale.mkdir(parents=True)
+
+    def fake_dequantize(gguf_file, target):
+        target.mkdir(parents=True)
+        for name in ("model.safetensors", "config.json"):
+            (target / name).write_text("{}")
+
+    monkeypatch.setattr(sources, "_dequantize", fake_dequantize)
+    source = sources.ModelSource("gguf", "org/fake", str(gguf.parent), gguf, packaged=packaged)
+    target = sources.dense_directory(source)
+    assert os.path.basename(target).startswith("fake-model-")
+    assert stale.exists() is not packaged  # a user's own GGUF files never prune each other
+    assert sources.dense_directory(source) == target
