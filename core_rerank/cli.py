@@ -110,6 +110,10 @@ def detect_heads(
     max_samples: Annotated[int | None, typer.Option(min=1, help="At most this many samples per data set.")] = None,
     max_doc_tokens: Annotated[int, typer.Option(min=8, help="Per-document token cap in detection prompts.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the positive's position.")] = 0,
+    max_layers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Choose heads only in the first N layers (the engine then runs N layers at most)."),
+    ] = None,
     masses: Annotated[Path | None, typer.Option(help="Also save the per-sample head masses (.npz) for sweeps.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also write a PNG head map (needs matplotlib).")] = None,
     device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'. Default: CUDA if available.")] = None,
@@ -141,6 +145,8 @@ def detect_heads(
         )
     if masses is not None:
         result.save(masses)
+    if max_layers is not None:
+        result = result.below_layer(max_layers)
     head_list = make_head_list(result, method, k, tau, extra={"negatives": negatives, "seed": seed})
     head_list.save(out)
     if plot is not None:

@@ -141,6 +141,24 @@ class DetectionResult:
         heads = [tuple(h) for h in meta.pop("heads")]
         return cls(heads=heads, masses=masses, **meta)
 
+    def below_layer(self, layers: int) -> DetectionResult:
+        """The same samples with only the heads of the first ``layers`` layers: lists made from it let
+        the engine drop every later layer (a layer budget for speed)."""
+        if layers < 1:
+            raise ValueError(f"layers must be >= 1, got {layers}")
+        rows = [i for i, (layer, _) in enumerate(self.heads) if layer < layers]
+        return DetectionResult(
+            self.model_id,
+            self.num_layers,
+            self.num_heads,
+            self.num_kv_heads,
+            [self.heads[i] for i in rows],
+            [m[rows] for m in self.masses],
+            list(self.positives),
+            list(self.sources),
+            {**self.settings, "max_layers": layers},
+        )
+
     def subset(self, keep: Callable[[str], bool]) -> DetectionResult:
         idx = [i for i, s in enumerate(self.sources) if keep(s)]
         return DetectionResult(

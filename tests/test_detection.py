@@ -73,6 +73,17 @@ def test_detected_list_loads_and_ranks(sanity_result, tmp_path):
     assert sum(top1) >= 5, top1
 
 
+def test_layer_budget_keeps_the_scores_of_the_early_heads(sanity_result):
+    early = sanity_result.below_layer(10)
+    assert early.heads == [h for h in sanity_result.heads if h[0] < 10] and len(early.heads) == 90
+    rows = [sanity_result.heads.index(h) for h in early.heads]
+    assert core_scores(early, 0.1) == pytest.approx(core_scores(sanity_result, 0.1)[rows])
+    hl = make_head_list(early, "core", k=8, tau=0.1)
+    assert hl.max_layer < 10 and hl.detection["max_layers"] == 10
+    with pytest.raises(ValueError):
+        sanity_result.below_layer(0)
+
+
 def test_result_roundtrip(sanity_result, tmp_path):
     sanity_result.save(tmp_path / "m.npz")
     back = DetectionResult.load(tmp_path / "m.npz")
@@ -137,9 +148,11 @@ def test_cli_issue_forms(tmp_path):
     wiki = shared_data("wikiqa_tok")
     out = tmp_path / "h.json"
     args = ["detect-heads", "--data", str(wiki), "--split", "train", "--tau", "0.1", "--k", "2", "--out", str(out)]
-    got = CliRunner().invoke(app, [*args, "--max-samples", "2", "--max-doc-tokens", "24"])
+    got = CliRunner().invoke(app, [*args, "--max-samples", "2", "--max-doc-tokens", "24", "--max-layers", "5"])
     assert got.exit_code == 0, got.output
-    assert json.loads(out.read_text())["detection"]["samples_by_source"] == {"wikiqa_tok/train": 2}
+    written = json.loads(out.read_text())
+    assert written["detection"]["samples_by_source"] == {"wikiqa_tok/train": 2}
+    assert written["detection"]["max_layers"] == 5 and all(layer < 5 for layer, _ in written["heads"])
     res = tmp_path / "r.json"
     args = ["evaluate", str(wiki), "--split", "dev", "--methods", "bm25,icr", "--top-k", "5", "--max-queries", "2"]
     got = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*args, "--max-doc-tokens", "24", "--json", str(res)])
