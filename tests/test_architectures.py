@@ -79,8 +79,9 @@ def test_tiny_random_model_signals_match_eager(arch, tokenizer_dir, tmp_path):
         assert torch.equal(part.query[i], full.query[full.heads.index(head)])
     ranked = rr.rank(QUERY, DOCS)
     assert sorted(ranked.indices) == list(range(len(DOCS)))
-    bundled = Reranker("gemma-3-270m")  # its detected CoRe list: deepest head in layer 12 of 18
-    assert bundled.head_list.method == "core" and bundled.loaded_model.layers_loaded == 13
+    bundled = Reranker("gemma-3-270m")  # its detected CoRe list: the model is cut after its deepest head
+    assert bundled.head_list.method == "core" and bundled.head_list.model_id == "google/gemma-3-270m"
+    assert bundled.loaded_model.layers_loaded == bundled.head_list.max_layer + 1 < 18
     assert sorted(bundled.rank(QUERY, DOCS).indices) == list(range(len(DOCS)))
 
 
@@ -100,6 +101,10 @@ def test_real_qwen2_weights():
     assert_signals_match_eager(rr, QUERY, DOCS)
     everything = Reranker("qwen2.5-coder-0.5b-instruct", heads="all")
     assert everything.rank(QUERY, DOCS)[0].index == 5
+    bundled = Reranker("qwen2.5-coder-0.5b-instruct")  # its detected CoRe list, cut after its deepest head
+    assert bundled.head_list.method == "core" and bundled.head_list.model_id == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    assert bundled.loaded_model.layers_loaded == bundled.head_list.max_layer + 1 < 24
+    assert bundled.rank(QUERY, DOCS)[0].index == 5
 
 
 def test_real_gemma3_weights():

@@ -29,6 +29,25 @@ def sanity_result(fp32_all) -> DetectionResult:
     return collect_masses(fp32_all, _sanity_samples(), max_doc_tokens=32)
 
 
+def test_core_and_qr_scores_hand_values():
+    """Two heads, two samples of three documents, tau 0.1 (worked by hand):
+    head A, sample 1 (positive 0): masses .2 .1 .1 -> e^2 / (e^2 + 2e) = 0.576117
+    head A, sample 2 (positive 2): masses 0 0 .3 -> e^3 / (2 + e^3) = 0.909443      mean 0.742780
+    head B, sample 1: masses .1 .3 0 -> e / (e + e^3 + 1) = 0.114195
+    head B, sample 2: masses .2 .2 .2 -> 1/3                                       mean 0.223764
+    QR = mean mass on the positive: A (.2 + .3) / 2 = .25, B (.1 + .2) / 2 = .15."""
+    masses = [np.array([[0.2, 0.1, 0.1], [0.1, 0.3, 0.0]]), np.array([[0.0, 0.0, 0.3], [0.2, 0.2, 0.2]])]
+    res = DetectionResult("toy", 1, 2, 1, [(0, 0), (0, 1)], masses, [0, 2], ["toy", "toy"])
+    assert core_scores(res, 0.1) == pytest.approx([0.742780, 0.223764], abs=1e-6)
+    assert qr_scores(res) == pytest.approx([0.25, 0.15])
+    assert make_head_list(res, "core", k=1, tau=0.1).heads == ((0, 0),)
+    # QR and CoRe can disagree: a head that spreads mass evenly has QR credit but no contrast.
+    flat = [np.array([[0.3, 0.3], [0.2, 0.0]])]
+    res = DetectionResult("toy", 1, 2, 1, [(0, 0), (0, 1)], flat, [0], ["toy"])
+    assert make_head_list(res, "qr", k=1).heads == ((0, 0),)
+    assert make_head_list(res, "core", k=1, tau=0.1).heads == ((0, 1),)
+
+
 def test_masses_are_the_captured_attention(fp32_all, sanity_result):
     s = _sanity_samples()[2]
     texts = truncate_texts(fp32_all.loaded_model.tokenizer, s.texts, 32)
