@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +16,25 @@ from .errors import CoreRerankError
 
 app = typer.Typer(help="Re-rank documents with the attention heads of a decoder LLM.", no_args_is_help=True)
 console = Console()
+
+
+@contextmanager
+def progress_bar(description: str, total: int) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar (count, elapsed, time left) on stderr; yields the ``progress(n, total)``
+    callback that detection and evaluation call after each sample or query."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n, t: bar.update(task, completed=n, total=t)
 
 
 def read_documents(path: Path) -> list[Any]:
@@ -139,10 +160,8 @@ def detect_heads(
     except (CoreRerankError, ValueError, TypeError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    with console.status(f"detecting on {len(samples)} samples ...") as status:
-        result = collect_masses(
-            reranker, samples, max_doc_tokens, lambda n, t: status.update(f"detecting: sample {n}/{t}")
-        )
+    with progress_bar("detecting heads", len(samples)) as progress:
+        result = collect_masses(reranker, samples, max_doc_tokens, progress)
     if masses is not None:
         result.save(masses)
     if max_layers is not None:
@@ -229,7 +248,7 @@ def evaluate(
     for spec in specs:
         folder, part = _data_spec(spec, split)
         ds = load_dataset(folder, part)
-        with console.status(f"{ds.name}/{part} ...") as status:
+        with progress_bar(f"{ds.name}/{part}", len(ds.query_ids)) as progress:
             res = evaluate_dataset(
                 reranker,
                 ds,
@@ -239,7 +258,7 @@ def evaluate(
                 order=order,
                 max_queries=max_queries,
                 dense=scorer,
-                progress=lambda n, t, label=f"{ds.name}/{part}": status.update(f"{label}: query {n}/{t}"),
+                progress=progress,
             )
         if wanted is not None:
             keep = {m for m in res.metrics if m in wanted or (m == "first_stage" and "bm25" in wanted)}
