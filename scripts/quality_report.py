@@ -92,6 +92,15 @@ MODELS = {
             25,
         ),
         ModelSpec(
+            "qwen15",
+            "qwen2.5-coder-1.5b-instruct",
+            "Qwen2.5-Coder-1.5B-Instruct",
+            "Qwen__Qwen2.5-Coder-1.5B-Instruct",
+            ("reverse",),
+            {"scifact": 80, "wikiqa_tok": 40},
+            10,
+        ),
+        ModelSpec(
             "gemma",
             "gemma-3-270m",
             "gemma-3-270m (base)",
@@ -143,7 +152,7 @@ def stage_detect(args, spec: ModelSpec) -> None:
     rr = _reranker(spec, args.threads)
     samples = default_detection_samples(DATA, spec.detect)
     log(f"{spec.key} detect: {len(samples)} samples")
-    res = collect_masses(rr, samples, MAX_DOC_TOKENS, lambda n, t: n % 25 == 0 and log(f"  {n}/{t}"))
+    res = collect_masses(rr, samples, MAX_DOC_TOKENS, lambda n, t: n % 10 == 0 and log(f"  {n}/{t}"))
     res.save(_work(args, spec) / "detection.npz")
 
 
@@ -449,36 +458,40 @@ def _model_section(spec: ModelSpec, dev: dict, test: dict) -> list[str]:
 
 
 def _overview(done: list[tuple[ModelSpec, dict, dict]]) -> list[str]:
-    """Every model on the queries all of them were evaluated on (each test sample is a prefix of one seeded order)."""
-    common: dict[str, set[str]] = {}
-    for _, _, test in done:
-        for r in test["results"]:
-            qs = set(r["per_query"]["core"])
-            common[r["dataset"]] = qs if r["dataset"] not in common else common[r["dataset"]] & qs
-    n = sum(len(v) for v in common.values())
+    """Each model against the default model on the test queries both were evaluated on (every test sample
+    is a prefix of one seeded order, so a smaller sample is a subset of the default model's)."""
+    base_spec, _, base = done[0]
+    base_pq = {(r["dataset"], q): v for r in base["results"] for q, v in r["per_query"]["core"].items()}
     cols = ["bm25", "dense", "icr", "qr", "core"]
     lines = [
-        "## All models on the same test queries",
+        "## All models",
         "",
-        f"Mean nDCG@10 over the {n} test queries every model was evaluated on (each test set weighted equally); "
-        "s/query = the engine with the bundled list (see each model's layer-budget table).",
+        "Mean nDCG@10 over each model's test queries (each test set weighted equally; the sample sizes differ, so",
+        f"compare within a row); `core - {base_spec.key}` = per-query difference to the default model's CoRe on the",
+        "same queries (standard error in brackets); s/query = the engine with the bundled list.",
         "",
-        "| model | " + " | ".join(cols) + " | s/query |",
-        "|---|" + "---:|" * (len(cols) + 1),
+        "| model | queries | " + " | ".join(cols) + f" | core - {base_spec.key} | s/query |",
+        "|---|---:|" + "---:|" * (len(cols) + 2),
     ]
     for spec, _, test in done:
-        means = []
-        for m in cols:
-            per_set = [
-                statistics.fmean(_per_query(r, m)[q] for q in common[r["dataset"]])
-                for r in test["results"]
-                if common[r["dataset"]]
-            ]
-            means.append(statistics.fmean(per_set))
+        results = test["results"]
+        means = [
+            statistics.fmean(r["ndcg@10"][m] if m in r["ndcg@10"] else r["ndcg@10"]["first_stage"] for r in results)
+            for m in cols
+        ]
         best = max(means)
         cells = [f"**{v:.3f}**" if v == best else f"{v:.3f}" for v in means]
+        diffs = [v - base_pq[(r["dataset"], q)] for r in results for q, v in r["per_query"]["core"].items()]
+        vs = (
+            "-"
+            if spec is base_spec
+            else f"{statistics.fmean(diffs):+.3f} ({statistics.stdev(diffs) / len(diffs) ** 0.5:.3f})"
+        )
+        n = sum(r["queries"] for r in results)
         lines.append(
-            f"| {spec.name} | " + " | ".join(cells) + f" | {test['timing']['core']['seconds_per_query']:.2f} |"
+            f"| {spec.name} | {n} | "
+            + " | ".join(cells)
+            + f" | {vs} | {test['timing']['core']['seconds_per_query']:.2f} |"
         )
     return [*lines, ""]
 
