@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -119,8 +120,9 @@ def dense_directory(source: ModelSource) -> str:
         return str(target)
     _dequantize(source.gguf_file, target)
     if source.packaged:  # older weights of the same packaged model (or older cache names) are dead weight
-        for stale in target.parent.glob(f"{stem}-*"):
-            if stale != target and stale.is_dir():
+        own = re.compile(rf"{re.escape(stem)}-(\d+-\d+-)?[0-9a-f]{{20}}-v\d+")
+        for stale in target.parent.iterdir():
+            if stale != target and stale.is_dir() and own.fullmatch(stale.name):
                 shutil.rmtree(stale, ignore_errors=True)
     return str(target)
 

@@ -72,6 +72,8 @@ def test_dequantized_cache_keeps_one_entry_per_packaged_model(fake_parts, monkey
     gguf = model.gguf_file(cache)
     stale = cache / "gguf" / "fake-model-27-1700000000-0123456789abcdef0123-v1"
     stale.mkdir(parents=True)
+    sibling = cache / "gguf" / "fake-model-it-0123456789abcdef0123-v1"  # another model whose name extends ours
+    sibling.mkdir()
 
     def fake_dequantize(gguf_file, target):
         target.mkdir(parents=True)
@@ -83,6 +85,7 @@ def test_dequantized_cache_keeps_one_entry_per_packaged_model(fake_parts, monkey
     target = sources.dense_directory(source)
     assert os.path.basename(target).startswith("fake-model-")
     assert stale.exists() is not packaged  # a user's own GGUF files never prune each other
+    assert sibling.exists()
     assert sources.dense_directory(source) == target
 
 
