@@ -1,11 +1,13 @@
 """Regenerate docs/quality.md: detect heads per model, choose tau / k (/ order) on dev data, report on test sets.
 
-    python scripts/quality_report.py                          # every model, every stage (about 2 h on 2 cores)
+    python scripts/quality_report.py                          # every installed model, every stage (~3 h, 2 cores)
     python scripts/quality_report.py --model qwen --stage test
     python scripts/quality_report.py --stage report           # re-write docs/quality.md from the saved JSON
 
-Models (``--model``, repeatable): smollm2 (the embedded default), qwen (Qwen2.5-Coder-0.5B-Instruct), gemma
-(gemma-3-270m). Stages and where they write (``--work`` holds the caches; results are committed):
+Models (``--model``, repeatable): smollm2 (the embedded default), qwen (Qwen2.5-Coder-0.5B-Instruct), qwen15
+(Qwen2.5-Coder-1.5B-Instruct, small budgets: it is ~3x slower) and gemma (gemma-3-270m); models not installed
+are skipped with the command that installs them.
+Stages and where they write (``--work`` holds the caches; results are committed):
   detect  per-sample masses of every head on TRAINING data -> WORK/<model>/detection.npz
   dev     sweep CoRe tau x k, QR-16, ICR (and, for the default model, both document orders) and fusion
           on DEV data -> benchmarks/results/quality_dev_<model>.json
@@ -545,7 +547,15 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    specs = [MODELS[k] for k in (args.model or list(MODELS))]
+    from core_rerank.packaged import find_packaged
+
+    specs = []
+    for key in args.model or list(MODELS):
+        packaged = find_packaged(MODELS[key].engine)
+        if packaged is not None and not packaged.installed():
+            log(f"{key}: skipped, {packaged.model_id} is not installed ({packaged.install})")
+            continue
+        specs.append(MODELS[key])
     for stage in ("detect", "dev", "test"):
         if args.stage in ("all", stage):
             for spec in specs:
