@@ -16,6 +16,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["PACKAGED_MODELS", "PackagedModel", "find_packaged"]
 
@@ -43,23 +44,29 @@ class PackagedModel:
 
     def gguf_file(self, cache_root: Path) -> Path | None:
         """The model's GGUF file (assembled into ``cache_root`` if split), or None if not installed."""
+        found = self.locate(cache_root)
+        return None if found is None else found[0]
+
+    def locate(self, cache_root: Path) -> tuple[Path, str | None] | None:
+        """``(GGUF file, its SHA-256 when already known)``, assembling split parts into ``cache_root``
+        once; None if not installed. The digest of an assembled file comes from its stamp, so callers
+        that key caches by content need not hash it again."""
         paths = self._part_paths()
         if paths is None:
             return None
         if len(paths) == 1:
-            return paths[0]
+            return paths[0], None
         target = cache_root / "packaged" / f"{self.name}.gguf"
         stamp_file = target.with_name(f"{self.name}.parts.json")
-        parts = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+        parts = [[p.name, st.st_size, st.st_mtime_ns] for p, st in ((p, p.stat()) for p in paths)]
         stamp = _read_stamp(stamp_file) if target.is_file() else None
         if stamp is not None and stamp.get("size") == target.stat().st_size:
             if stamp.get("parts") == parts:
-                return target
-            if [q[:2] for q in stamp.get("parts", [])] == [q[:2] for q in parts] and _hash_parts(paths) == stamp.get(
-                "sha256"
-            ):
+                return target, stamp.get("sha256")
+            same_files = [q[:2] for q in stamp.get("parts", [])] == [q[:2] for q in parts]
+            if same_files and _stream(paths) == stamp.get("sha256"):
                 _write_json(stamp_file, {**stamp, "parts": parts})  # reinstalled, same bytes
-                return target
+                return target, stamp["sha256"]
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = _assemble(paths, target)
         _write_json(stamp_file, {"parts": parts, "size": target.stat().st_size, "sha256": digest})
@@ -67,7 +74,7 @@ class PackagedModel:
         for stale in target.parent.iterdir():
             if legacy.fullmatch(stale.name):
                 stale.unlink(missing_ok=True)
-        return target
+        return target, digest
 
 
 def _read_stamp(path: Path) -> dict | None:
@@ -85,31 +92,29 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _hash_parts(paths: list[Path]) -> str:
+def _stream(paths: list[Path], out: BinaryIO | None = None) -> str:
+    """SHA-256 of the concatenation of ``paths``, also written to ``out`` if given."""
     h = hashlib.sha256()
     for p in paths:
         with open(p, "rb") as fh:
             while block := fh.read(1 << 22):
                 h.update(block)
+                if out is not None:
+                    out.write(block)
     return h.hexdigest()
 
 
 def _assemble(paths: list[Path], target: Path) -> str:
     """Concatenate ``paths`` into ``target`` atomically; returns the SHA-256 of the result."""
-    h = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            for p in paths:
-                with open(p, "rb") as fh:
-                    while block := fh.read(1 << 22):
-                        h.update(block)
-                        out.write(block)
+            digest = _stream(paths, out)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return h.hexdigest()
+    return digest
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {

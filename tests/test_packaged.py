@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 
@@ -43,8 +44,9 @@ def test_assembles_one_file_and_reuses_it_after_a_reinstall(fake_parts):
     inode = first.stat().st_ino
     for p in paths:  # a reinstall: same bytes, new modification times
         os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
-    again = model.gguf_file(cache)
+    again, digest = model.locate(cache)
     assert again == first and again.stat().st_ino == inode  # not re-written
+    assert digest == hashlib.sha256(b"GGUF-first-half|second-half").hexdigest()  # from the stamp, not re-hashed
     assert sorted(f.name for f in (cache / "packaged").iterdir()) == [
         "fake-model-it.gguf",
         "fake-model.gguf",
