@@ -296,10 +296,10 @@ def _timings(spec: ModelSpec, lists: dict, threads: int) -> dict[str, dict]:
     ds = load_dataset(DATA / "scifact", "test")
     cands, _ = first_stage(ds)
     queries = [q for q in ds.query_ids if q in cands][:TIMING_QUERIES]
+    docs = {q: [ds.doc_text(d) for d in cands[q].doc_ids[:DEPTH] if d in ds.corpus] for q in queries}
     out = {}
     for name, spec_heads in [("icr", "all"), *lists.items()]:
         rr = Reranker(model=spec.engine, heads=spec_heads, max_doc_tokens=MAX_DOC_TOKENS)
-        docs = {q: [ds.doc_text(d) for d in cands[q].doc_ids[:DEPTH] if d in ds.corpus] for q in queries}
         rr.rank(ds.queries[queries[0]], docs[queries[0]])  # warm-up
         t0 = time.perf_counter()
         for q in queries:
