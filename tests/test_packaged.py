@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +117,12 @@ def test_packaged_models_have_distinct_parts_and_install_commands():
         assert len(set(modules)) == len(modules) and not seen & set(modules), model.name
         seen |= set(modules)
         assert model.install.startswith("pip install "), model.name
+
+
+def test_tests_keep_out_of_the_users_cache(default_rr):
+    from conftest import TEST_CACHE
+
+    from core_rerank.sources import cache_dir, dense_directory
+
+    assert cache_dir() == TEST_CACHE / "core-rerank"
+    assert TEST_CACHE in Path(dense_directory(default_rr.source)).parents
