@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-# Tests never touch the user's caches or the network: core-rerank's cache (dequantized models), the Hugging
-# Face cache and matplotlib's go to a temporary directory removed after the run. Set CORE_RERANK_TEST_CACHE
-# to a directory of your own to keep the dequantized models between runs (it is then left in place).
+# Tests never touch the user's caches or the network: core-rerank's cache (dequantized models) and the caches
+# of Hugging Face, LlamaIndex and matplotlib go to a temporary directory removed after the run. Set
+# CORE_RERANK_TEST_CACHE to a directory of your own to keep the dequantized models between runs (it is kept).
 _KEEP_CACHE = os.environ.get("CORE_RERANK_TEST_CACHE")
 TEST_CACHE = Path(_KEEP_CACHE or tempfile.mkdtemp(prefix="core-rerank-tests-"))
 os.environ["CORE_RERANK_CACHE"] = str(TEST_CACHE / "core-rerank")
 os.environ["HF_HOME"] = str(TEST_CACHE / "huggingface")
 os.environ["MPLCONFIGDIR"] = str(TEST_CACHE / "matplotlib")
+os.environ["LLAMA_INDEX_CACHE_DIR"] = str(TEST_CACHE / "llama_index")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
