@@ -12,16 +12,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    ContextLengthError,
     CoreRerankError,
     DependencyMissingError,
     DeviceUnavailableError,
     HeadListError,
     HeadListMismatchError,
     HeadListNotFoundError,
+    InvalidInputError,
+    InvalidInputTypeError,
+    ModelAccessError,
+    ModelDownloadError,
+    ModelLoadError,
     ModelNotFoundError,
+    PackagedModelIntegrityError,
+    QuantizationError,
+    ScoringError,
+    TooManyDocumentsError,
+    UnsupportedModelError,
 )
 from .heads import HeadList, bundled_head_lists, load_head_list
-from .registry import shared_reranker
+from .registry import clear_cache, shared_reranker
 from .results import RankedResults, RankResult
 
 if TYPE_CHECKING:
@@ -30,6 +41,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ContextLengthError",
     "CoreRerankError",
     "DependencyMissingError",
     "DeviceUnavailableError",
@@ -37,11 +49,22 @@ __all__ = [
     "HeadListError",
     "HeadListMismatchError",
     "HeadListNotFoundError",
+    "InvalidInputError",
+    "InvalidInputTypeError",
+    "ModelAccessError",
+    "ModelDownloadError",
+    "ModelLoadError",
     "ModelNotFoundError",
+    "PackagedModelIntegrityError",
+    "QuantizationError",
     "RankResult",
     "RankedResults",
     "Reranker",
+    "ScoringError",
+    "TooManyDocumentsError",
+    "UnsupportedModelError",
     "bundled_head_lists",
+    "clear_cache",
     "load_head_list",
     "shared_reranker",
 ]

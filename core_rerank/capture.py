@@ -36,6 +36,8 @@ class AttentionCapture:
     ``rows`` is the half-open range of absolute token positions whose attention rows are summed;
     ``key_end`` bounds the key positions kept; ``chunk_start`` is the absolute position of the first
     token of the forward pass (the cached length before it). ``sums[layer]`` is (n heads, key_end) fp32.
+    ``seen`` records the selected layers whose attention ran through the capture, so a layer that never
+    did (it bypasses the attention interface or has no ``layer_idx``) is an error, not a silent zero.
     """
 
     heads_by_layer: Mapping[int, list[int]]
@@ -43,6 +45,7 @@ class AttentionCapture:
     key_end: int
     chunk_start: int = 0
     sums: dict[int, torch.Tensor] = field(default_factory=dict)
+    seen: set[int] = field(default_factory=set)
 
     def observe(
         self,
@@ -57,6 +60,7 @@ class AttentionCapture:
         heads = self.heads_by_layer.get(layer) if layer is not None else None
         if not heads:
             return
+        self.seen.add(layer)
         q_len, kv_len = query.shape[2], key.shape[2]
         past = self.chunk_start  # absolute position of this chunk's first token (batch 1, no padding)
         # Absolute position of key 0: 0 for full attention; later for a sliding-window cache that

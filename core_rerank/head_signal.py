@@ -18,6 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from .capture import AttentionCapture, capturing
+from .errors import ScoringError
 
 __all__ = ["HeadSignals", "head_signals"]
 
@@ -63,6 +64,35 @@ def _forward(model, ids: Sequence[int], cache: DynamicCache, capture: AttentionC
         model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True, **kwargs)
 
 
+def _check(
+    model_name: str,
+    dtype: torch.dtype,
+    heads_by_layer: Mapping[int, list[int]],
+    passes: Sequence[AttentionCapture],
+    signals: torch.Tensor,
+) -> None:
+    """Refuse to score from a signal that is not the model's attention: a selected layer whose attention
+    never reached the capture (it would read as zeros and leave the input order), or non-finite values."""
+    for capture in passes:
+        unseen = sorted(set(heads_by_layer) - capture.seen)
+        if unseen:
+            raise ScoringError(
+                f"model {model_name!r}: the attention of layer(s) {unseen} never reached core-rerank's capture, so "
+                "their heads give no signal. The layer does not call transformers' attention interface (a linear-"
+                "attention or hybrid layer, an attention module without layer_idx, or a custom modeling file). "
+                "Choose heads in layers that use standard attention (detect a list with `core-rerank detect-heads`)."
+            )
+    finite = torch.isfinite(signals).all(dim=1).tolist()
+    heads = [(layer, h) for layer, hs in heads_by_layer.items() for h in hs]
+    broken = sorted({layer for (layer, _), ok in zip(heads, finite) if not ok})
+    if broken:
+        raise ScoringError(
+            f"model {model_name!r}: the attention signals of layer(s) {broken} are not finite (NaN or inf): the "
+            f"model's activations overflowed in {str(dtype).removeprefix('torch.')}. Load it with dtype='float32' "
+            "(or 'bfloat16', which has float32's range)."
+        )
+
+
 @torch.inference_mode()
 def head_signals(
     model: torch.nn.Module,
@@ -72,11 +102,13 @@ def head_signals(
     ids_null: Sequence[int],
     q_rows_null: tuple[int, int],
     key_end: int,
+    model_name: str = "",
 ) -> HeadSignals:
     """Run the prefix, query and N/A passes and return the mean query-row attention of each head.
 
     ``q_rows_*`` are the token ranges of the query span in each prompt; ``key_end`` is one past the
-    last document token (only keys before it are kept).
+    last document token (only keys before it are kept). Raises :class:`ScoringError` when a selected
+    layer's attention was never captured or a signal is not finite.
     """
     device = next(model.parameters()).device
     shared = min(_common_prefix(ids_query, ids_null), len(ids_query) - 1, len(ids_null) - 1)
@@ -97,5 +129,7 @@ def head_signals(
     base = _stack(prefix.sums, heads_by_layer, key_end, device)
     query = (base + _stack(on_query.sums, heads_by_layer, key_end, device)) / (q_rows_query[1] - q_rows_query[0])
     null = (base + _stack(on_null.sums, heads_by_layer, key_end, device)) / (q_rows_null[1] - q_rows_null[0])
+    name = model_name or type(model).__name__
+    _check(name, model.dtype, heads_by_layer, (on_query, on_null), torch.cat([query, null], dim=1))
     heads = tuple((layer, h) for layer, hs in heads_by_layer.items() for h in hs)
     return HeadSignals(heads, query.cpu(), null.cpu(), shared)

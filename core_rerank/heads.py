@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from .errors import HeadListError, HeadListMismatchError, HeadListNotFoundError
+from .errors import HeadListError, HeadListMismatchError, HeadListNotFoundError, InvalidInputTypeError
 
 __all__ = [
     "FORMAT",
@@ -58,7 +59,7 @@ class HeadList:
     scores: tuple[float, ...] | None = None
     tau: float | None = None
     k: int | None = None
-    detection: Mapping[str, Any] = field(default_factory=dict)
+    detection: Mapping[str, Any] = field(default_factory=dict, hash=False)  # provenance: not part of the identity
     source: str = ""
     score_matrix: tuple[tuple[float, ...], ...] | None = None
     origin: str = "<in memory>"
@@ -265,9 +266,19 @@ def bundled_head_lists() -> tuple[HeadList, ...]:
     return tuple(lists)
 
 
-def _same_model(given: str, listed: str) -> bool:
-    g, l_ = given.strip().rstrip("/").lower(), listed.lower()
-    return g == l_ or g.rsplit("/", 1)[-1] == l_.rsplit("/", 1)[-1]
+# A GGUF file's stem carries its quantization: "SmolLM2-135M-Instruct.Q4_1", "gemma-3-270m-q4_k_m".
+_QUANT_TAG = re.compile(r"[.-](?:i?q\d\w*|f16|f32|bf16)$", re.IGNORECASE)
+
+
+def _model_name(model_id: str) -> str:
+    name = model_id.strip().rstrip("/").rsplit("/", 1)[-1].lower()
+    return _QUANT_TAG.sub("", name)
+
+
+def same_model(given: str, listed: str) -> bool:
+    """Whether ``given`` (a hub id, a directory or a GGUF file's name) names the model ``listed``: the
+    full id, or its last part (a local copy keeps the repository's name), quantization tag aside."""
+    return given.strip().rstrip("/").lower() == listed.lower() or _model_name(given) == _model_name(listed)
 
 
 def find_bundled_head_list(model_id: str, method: str | None = None) -> HeadList | None:
@@ -275,7 +286,7 @@ def find_bundled_head_list(model_id: str, method: str | None = None) -> HeadList
 
     With several methods bundled for one model, CoRe is preferred over QR heads, QR over all heads.
     """
-    found = [h for h in bundled_head_lists() if _same_model(model_id, h.model_id)]
+    found = [h for h in bundled_head_lists() if same_model(model_id, h.model_id)]
     if method is not None:
         found = [h for h in found if h.method == method]
     return min(found, key=lambda h: _METHOD_PREFERENCE[h.method]) if found else None
@@ -285,8 +296,19 @@ def _bundled_listing() -> str:
     return "\n".join(f"  - {h.model_id} [{h.method}, {len(h.heads)} heads]" for h in bundled_head_lists())
 
 
-def resolve_head_list(spec: HeadSpec, model_id: str, num_layers: int, num_heads: int, num_kv_heads: int) -> HeadList:
-    """Turn what a user passed as ``heads=`` into a validated list that fits the model."""
+def resolve_head_list(
+    spec: HeadSpec,
+    model_id: str,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    allow_other_model: bool = False,
+) -> HeadList:
+    """Turn what a user passed as ``heads=`` into a validated list that fits the model.
+
+    A list made for another model is refused even when the shapes match (heads are model-specific:
+    Llama-3.1-8B's list means nothing for Mistral-7B), unless ``allow_other_model``, which warns.
+    """
     if isinstance(spec, HeadList):
         heads = spec
     elif spec is None:
@@ -305,10 +327,24 @@ def resolve_head_list(spec: HeadSpec, model_id: str, num_layers: int, num_heads:
     elif isinstance(spec, Sequence):
         return _checked_pairs(spec, model_id, num_layers, num_heads, num_kv_heads)
     else:
-        raise TypeError(
+        raise InvalidInputTypeError(
             f"heads must be None, 'all', a path, a HeadList or a list of (layer, head) pairs, got {type(spec).__name__}"
         )
     heads.check_fits(model_id, num_layers, num_heads, num_kv_heads)
+    if not same_model(model_id, heads.model_id):
+        if not allow_other_model:
+            raise HeadListMismatchError(
+                f"the {heads.describe()} was made for {heads.model_id!r}, not {model_id!r}: attention heads are "
+                "model-specific, so another model's list (even of the same shape) would score with arbitrary heads. "
+                "Detect a list for this model with `core-rerank detect-heads`, use heads='all', or pass "
+                "allow_other_model_heads=True if this model is that one under another name (a fine-tune, a local copy)."
+            )
+        warnings.warn(
+            f"using the {heads.describe()} for model {model_id!r} (allow_other_model_heads=True): heads found on "
+            "another model may not be this model's retrieval heads",
+            UserWarning,
+            stacklevel=3,
+        )
     return heads
 
 

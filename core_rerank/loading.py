@@ -16,7 +16,15 @@ from typing import Any
 import torch
 
 from . import capture
-from .errors import DependencyMissingError, DeviceUnavailableError, ModelNotFoundError
+from .errors import (
+    DependencyMissingError,
+    DeviceUnavailableError,
+    InvalidInputError,
+    InvalidInputTypeError,
+    UnsupportedModelError,
+)
+from .load_errors import explain_load_failure
+from .once import OncePerKey
 from .sources import ModelSource, dense_directory
 
 logger = logging.getLogger(__name__)
@@ -81,10 +89,7 @@ class LoadedModel:
         return sum(p.numel() for p in self.model.parameters())
 
 
-_models: dict[tuple, LoadedModel] = {}
-_models_lock = threading.Lock()
-_key_locks: dict[tuple, threading.Lock] = {}
-_loads = 0
+_models: OncePerKey[LoadedModel] = OncePerKey()
 
 
 @dataclass(frozen=True)
@@ -97,8 +102,7 @@ class CacheInfo:
 
 def model_cache_info() -> CacheInfo:
     """Counters of the process-wide model cache (a load that was shared does not count)."""
-    with _models_lock:
-        return CacheInfo(_loads, len(_models))
+    return CacheInfo(_models.builds, len(_models))
 
 
 def _load_config(location: str, source: ModelSource, local_files_only: bool | None):
@@ -106,11 +110,8 @@ def _load_config(location: str, source: ModelSource, local_files_only: bool | No
 
     try:
         return AutoConfig.from_pretrained(location, revision=source.revision, **_offline_kwargs(local_files_only))
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(
-            f"cannot load model {source.model_id!r} offline: {exc}\nPass a local model directory, a .gguf file, "
-            "'default' (the embedded SmolLM2-135M-Instruct), or a Hugging Face id already in the local HF cache."
-        ) from exc
+    except Exception as exc:
+        raise explain_load_failure(exc, source.model_id, location, local_files_only) from exc
 
 
 def _offline_kwargs(local_files_only: bool | None) -> dict:
@@ -147,7 +148,7 @@ def resolve_quantization(quantization: str | None, device: str, shape: ModelShap
     """
     if quantization != "auto":
         if quantization not in QUANTIZATIONS:
-            raise ValueError(f"quantization must be 'auto', None, '4bit' or '8bit', got {quantization!r}")
+            raise InvalidInputError(f"quantization must be 'auto', None, '4bit' or '8bit', got {quantization!r}")
         return quantization
     if device.startswith("cuda") and shape.parameters(num_layers) >= AUTO_4BIT_PARAMETERS:
         if importlib.util.find_spec("bitsandbytes") is None:
@@ -163,6 +164,8 @@ def resolve_device(device: str | None) -> str:
     """``None`` picks CUDA when available, else CPU; an unavailable device is an error, not a fallback."""
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, (str, torch.device)):
+        raise InvalidInputTypeError(f"device must be a string such as 'cpu' or 'cuda', got {type(device).__name__}")
     device = str(device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceUnavailableError(
@@ -174,23 +177,42 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): only then is bf16 faster than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """``None`` -> bfloat16 (see README: same rankings as float32 on the sanity set, ~1.7x faster here)."""
+    """The compute dtype: the caller's, else the fastest one that keeps the rankings (README, "Precision").
+
+    ``None``: bfloat16 on CUDA GPUs that support it and float16 on older ones; on CPU, bfloat16 where the
+    CPU has native bfloat16 instructions and float32 elsewhere (emulated bfloat16 is slower than float32
+    there, docs/benchmarks.md); float16 on Apple MPS.
+    """
     if dtype is None:
-        return torch.bfloat16
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device == "mps":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
     if isinstance(dtype, torch.dtype):
+        if dtype not in set(_DTYPES.values()):
+            raise InvalidInputError(f"dtype must be a floating dtype ({sorted(set(_DTYPES))}), got {dtype}")
         return dtype
+    if not isinstance(dtype, str):
+        raise InvalidInputTypeError(f"dtype must be a string or a torch.dtype, got {type(dtype).__name__}")
     try:
-        return _DTYPES[str(dtype).lower()]
+        return _DTYPES[dtype.lower().removeprefix("torch.")]
     except KeyError:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}") from None
+        raise InvalidInputError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}") from None
 
 
 def _quantization_config(quantization: str | None, dtype: torch.dtype):
     if quantization is None:
         return None
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be 'auto', None, '4bit' or '8bit', got {quantization!r}")
+        raise InvalidInputError(f"quantization must be 'auto', None, '4bit' or '8bit', got {quantization!r}")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise DependencyMissingError(
             f"quantization={quantization!r} needs bitsandbytes: pip install 'core-rerank[quant]'"
@@ -219,20 +241,7 @@ def load_model(
 ) -> LoadedModel:
     """Load (or reuse) ``source`` with only its first ``num_layers`` layers."""
     key = (source, num_layers, dtype, quantization, device, local_files_only)
-    with _models_lock:
-        if key in _models:
-            return _models[key]
-        key_lock = _key_locks.setdefault(key, threading.Lock())
-    with key_lock:  # one thread loads; others with the same key wait and share it
-        with _models_lock:
-            if key in _models:
-                return _models[key]
-        loaded = _load(source, num_layers, dtype, quantization, device, local_files_only)
-        global _loads
-        with _models_lock:
-            _models[key] = loaded
-            _loads += 1
-        return loaded
+    return _models.get(key, lambda: _load(source, num_layers, dtype, quantization, device, local_files_only))
 
 
 def _load(source, num_layers, dtype, quantization, device, local_files_only) -> LoadedModel:
@@ -244,7 +253,7 @@ def _load(source, num_layers, dtype, quantization, device, local_files_only) -> 
     config = _load_config(location, source, local_files_only)
     shape = model_shape(config)  # of the full model: read before the layer count is cut below
     if not 1 <= num_layers <= shape.num_layers:
-        raise ValueError(f"cannot keep {num_layers} layers of a {shape.num_layers}-layer model")
+        raise InvalidInputError(f"cannot keep {num_layers} layers of a {shape.num_layers}-layer model")
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     text_config.num_hidden_layers = num_layers
     if isinstance(getattr(text_config, "layer_types", None), list):
@@ -266,29 +275,27 @@ def _load(source, num_layers, dtype, quantization, device, local_files_only) -> 
             location, revision=source.revision, **_offline_kwargs(local_files_only)
         )
         model = AutoModel.from_pretrained(location, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"cannot load model {source.model_id!r} from {location}: {exc}") from exc
     except RuntimeError as exc:
-        if quant_config is not None:
+        if quant_config is not None and "out of memory" not in str(exc).lower():
             raise DeviceUnavailableError(
                 f"bitsandbytes {quantization} could not load on device {device!r}: {exc}. "
                 "Use quantization=None (dense) or a device bitsandbytes supports."
             ) from exc
-        raise
+        raise explain_load_failure(exc, source.model_id, location, local_files_only, quantization) from exc
+    except Exception as exc:
+        raise explain_load_failure(exc, source.model_id, location, local_files_only, quantization) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
     if quant_config is None:
         model.to(device)
     model.eval()
     if not getattr(tokenizer, "is_fast", False):
-        raise ModelNotFoundError(
+        raise UnsupportedModelError(
             f"model {source.model_id!r} has no fast tokenizer; core-rerank needs token offsets (tokenizer.json)"
         )
     return LoadedModel(model, tokenizer, source, shape, num_layers, dtype, quantization, device)
 
 
-def clear_model_cache() -> None:
-    """Forget every loaded model (they are freed once no reranker holds them)."""
-    with _models_lock:
-        _models.clear()
-        _key_locks.clear()
+def clear_model_cache() -> int:
+    """Forget every loaded model (each is freed once no reranker holds it); returns how many were held."""
+    return _models.clear()

@@ -3,6 +3,10 @@
 All candidate documents and the query go into one prompt, documents first, query last, inside the
 model's chat turn. Spans are character ranges recorded while the prompt is built (so two identical
 documents get two spans) and mapped to token indices with the tokenizer's offset mapping.
+
+User text is tokenized as plain text: a document or query that contains ``<|im_end|>``, ``<eos>`` or any
+other special token's spelling gets ordinary tokens for it, never the special token itself, so it cannot
+close the chat turn or end the prompt. Only the chat markers around the body are parsed for special tokens.
 """
 
 from __future__ import annotations
@@ -14,7 +18,17 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChatMarkers", "Prompt", "TokenSpans", "build_prompt", "chat_markers", "cut_to_tokens"]
+__all__ = [
+    "ChatMarkers",
+    "EncodedPrompt",
+    "Prompt",
+    "TokenSpans",
+    "build_prompt",
+    "chat_markers",
+    "cut_to_tokens",
+    "encode_prompt",
+    "plain_token_count",
+]
 
 INTRO = "Here are some paragraphs:\n\n"
 INSTRUCTION = "Please find information that are relevant to the following query in the paragraphs above.\n\n"
@@ -60,6 +74,7 @@ class Prompt:
     text: str
     doc_spans: tuple[tuple[int, int], ...]  # per placed document, its own text (no "[i] " marker)
     query_span: tuple[int, int]  # instruction + "Query: " + query (CoRe's Q)
+    body: tuple[int, int]  # everything between the chat markers: the only part holding user text
 
 
 def build_prompt(markers: ChatMarkers, documents: Sequence[str], query: str) -> Prompt:
@@ -79,7 +94,57 @@ def build_prompt(markers: ChatMarkers, documents: Sequence[str], query: str) -> 
     parts += [INSTRUCTION, QUERY_LABEL, query]
     q_end = pos + len(INSTRUCTION) + len(QUERY_LABEL) + len(query)
     parts.append(markers.suffix)
-    return Prompt("".join(parts), tuple(spans), (q_start, q_end))
+    return Prompt("".join(parts), tuple(spans), (q_start, q_end), (len(markers.prefix), q_end))
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """Token ids of a prompt and the character offsets of each token in ``Prompt.text``."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+
+
+def encode_prompt(tokenizer, prompt: Prompt, add_special_tokens: bool) -> EncodedPrompt:
+    """Tokenize ``prompt``: chat markers with special-token parsing, the body as plain text.
+
+    ``add_special_tokens`` adds the tokenizer's own BOS/EOS (base models without a chat template) around
+    the whole prompt. The pieces meet at chat-marker boundaries, where no merge can cross.
+    """
+    a, b = prompt.body
+    pieces = [(0, a, False), (a, b, True), (b, len(prompt.text), False)]
+    pieces = [p for p in pieces if p[1] > p[0]]
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    for start, end, plain in pieces:
+        enc = tokenizer(
+            prompt.text[start:end],
+            add_special_tokens=False,
+            split_special_tokens=plain,
+            return_offsets_mapping=True,
+        )
+        ids += enc["input_ids"]
+        offsets += [(x + start, y + start) for x, y in enc["offset_mapping"]]
+    if add_special_tokens:
+        head, tail = _special_wrapping(tokenizer)
+        ids = head + ids + tail
+        offsets = [(0, 0)] * len(head) + offsets + [(len(prompt.text), len(prompt.text))] * len(tail)
+    return EncodedPrompt(ids, offsets)
+
+
+def _special_wrapping(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a text when asked to add special tokens (BOS, EOS)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for head in range(len(full) - len(plain) + 1):
+        if full[head : head + len(plain)] == plain:
+            return full[:head], full[head + len(plain) :]
+    return [], []
+
+
+def plain_token_count(tokenizer, text: str) -> int:
+    """Tokens of ``text`` as user text (special-token spellings split), without BOS/EOS."""
+    return len(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
 class TokenSpans:
@@ -105,13 +170,14 @@ class TokenSpans:
 def cut_to_tokens(tokenizer, texts: Sequence[str], max_tokens: int) -> list[tuple[str, int, bool]]:
     """Each text cut to its first ``max_tokens`` tokens: ``(kept text, tokens kept, truncated)``.
 
-    The cut falls at a token boundary of the text tokenized on its own. A cheap character pre-cut
+    The cut falls at a token boundary of the text tokenized on its own, as plain text (special-token
+    spellings are ordinary characters, as in the prompt). A cheap character pre-cut
     (32 characters per token) keeps a huge text from ever reaching the tokenizer whole.
     """
     if not texts:
         return []
     heads = [t[: max_tokens * 32] for t in texts]
-    enc = tokenizer(heads, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tokenizer(heads, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
     out = []
     for text, head, ids, offs in zip(texts, heads, enc["input_ids"], enc["offset_mapping"]):
         cut = len(ids) > max_tokens

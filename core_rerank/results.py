@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -15,8 +16,9 @@ class RankResult:
 
     ``index`` is its position in the input list (``corpus_id`` is an alias). ``score`` is the raw
     calibrated attention score (higher is more relevant; unbounded, may be negative; ``-inf`` for an
-    empty document). ``normalized_score`` is the softmax of the scores over this list's candidates.
-    ``truncated`` says the document was cut to the per-document token budget before scoring.
+    empty document, which ranks last). ``normalized_score`` is the softmax of the scores over this list's
+    candidates (0 for an empty document). ``truncated`` says the document was cut to the per-document
+    token budget before scoring.
     """
 
     index: int
@@ -33,11 +35,17 @@ class RankResult:
     def corpus_id(self) -> int:
         return self.index
 
+    @property
+    def json_score(self) -> float | None:
+        """``score`` as JSON can carry it: ``None`` for an empty document (JSON has no infinity)."""
+        return self.score if math.isfinite(self.score) else None
+
     def to_dict(self) -> dict[str, Any]:
-        """sentence-transformers style: ``corpus_id``, ``score`` and the rest."""
+        """sentence-transformers style: ``corpus_id``, ``score`` and the rest; valid JSON as it is
+        (``score`` is ``None`` for an empty document)."""
         return {
             "corpus_id": self.index,
-            "score": self.score,
+            "score": self.json_score,
             "normalized_score": self.normalized_score,
             "rank": self.rank,
             "text": self.text,
@@ -68,6 +76,10 @@ class RankedResults(Sequence[RankResult]):
         return iter(self.results)
 
     def top_k(self, k: int) -> list[RankResult]:
+        """Deprecated: slice the results (``results[:n]``); ``top_n`` is the one name for "how many to keep"."""
+        import warnings
+
+        warnings.warn("RankedResults.top_k(k) is deprecated: use results[:k]", DeprecationWarning, stacklevel=2)
         return self.results[:k]
 
     def select(self, top_n: int | None = None, min_normalized_score: float | None = None) -> list[RankResult]:

@@ -41,7 +41,7 @@ def test_top_n_and_threshold(default_rr):
     assert default_rr.rank(q, SANITY_DOCS, top_n=3).indices == full.indices[:3]
     assert len(default_rr.rank(q, SANITY_DOCS, top_n=50)) == len(SANITY_DOCS)
     cut = full[2].score
-    kept = default_rr.rank(q, SANITY_DOCS, score_threshold=cut)
+    kept = default_rr.rank(q, SANITY_DOCS, min_score=cut)
     assert kept.indices == full.indices[:3]
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="top_n"):
@@ -167,7 +167,7 @@ def test_concurrent_calls_match_sequential(fp32_shallow):
 def test_unknown_model_and_unfitting_heads():
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         Reranker("/no/such/model/dir")
-    with pytest.raises(ModelNotFoundError, match="offline"):
+    with pytest.raises(ModelNotFoundError, match="downloads are off"):
         Reranker("no-such-org/no-such-model-xyz", local_files_only=True)
     with pytest.raises(HeadListMismatchError, match="SmolLM2"):
         Reranker(heads=[(29, 12)])

@@ -1,0 +1,50 @@
+"""A process-wide map whose values are built once per key, without one key's build blocking another's."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+__all__ = ["OncePerKey"]
+
+V = TypeVar("V")
+
+
+class OncePerKey(Generic[V]):
+    """``get(key, build)`` returns the value built for ``key``, calling ``build`` at most once per key
+    even when threads ask at the same time. Threads asking for other keys, or for keys already built,
+    never wait for a build in progress (loading a model takes seconds to minutes)."""
+
+    def __init__(self) -> None:
+        self._values: dict[Hashable, V] = {}
+        self._building: dict[Hashable, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the two dicts, held only for dict operations
+        self.builds = 0
+
+    def get(self, key: Hashable, build: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._values:
+                return self._values[key]
+            key_lock = self._building.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._values:
+                    return self._values[key]
+            value = build()
+            with self._lock:
+                self._values[key] = value
+                self._building.pop(key, None)
+                self.builds += 1
+            return value
+
+    def clear(self) -> int:
+        """Forget every value (builds in progress still finish); returns how many were held."""
+        with self._lock:
+            n = len(self._values)
+            self._values.clear()
+            return n
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._values)
