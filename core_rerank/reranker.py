@@ -234,6 +234,24 @@ class Reranker:
         docs = self._prepare(documents)
         return self._score(query, docs, show_progress_bar)[0] if docs else []
 
+    def score_head_sets(
+        self,
+        query: str,
+        documents: Sequence[Document],
+        head_sets: Mapping[str, Sequence[tuple[int, int]]],
+        *,
+        calibrated: bool = True,
+    ) -> dict[str, list[float]]:
+        """Scores in input order under several subsets of this reranker's heads, from the same forward
+        passes (placement, cuts and windows exactly as :meth:`score`): how head lists are compared
+        (evaluation, detection sweeps). ``calibrated=False`` gives uncalibrated masses instead."""
+        rows = self._head_rows(head_sets)
+        query = check_query(query)
+        docs = self._prepare(documents)
+        if not docs:
+            return {name: [] for name in rows}
+        return self._score(query, docs, False, rows, calibrated)[0]
+
     def rank_batch(
         self,
         queries: Sequence[str],
@@ -373,29 +391,58 @@ class Reranker:
                     "raise max_tokens or lower max_doc_tokens"
                 )
 
-    def _score(self, query: str, docs: list[_Doc], show_progress_bar: bool | None) -> tuple[list[float], list[int]]:
-        """Raw scores and window number of every document, in input order."""
-        raw = [-math.inf] * len(docs)
+    def _head_rows(self, head_sets: Mapping[str, Sequence[tuple[int, int]]]) -> dict[str, list[int]]:
+        """Rows of each head set in this reranker's signals (its head list's order)."""
+        row_of = {h: i for i, h in enumerate(self.head_list.heads)}
+        rows = {}
+        for name, heads in head_sets.items():
+            missing = [h for h in heads if tuple(h) not in row_of]
+            if missing:
+                raise InvalidInputError(
+                    f"head set {name!r}: heads {missing[:5]} are not in this reranker's {self.head_list.describe()}"
+                )
+            if not heads:
+                raise InvalidInputError(f"head set {name!r} is empty")
+            rows[name] = [row_of[tuple(h)] for h in heads]
+        return rows
+
+    def _score(
+        self,
+        query: str,
+        docs: list[_Doc],
+        show_progress_bar: bool | None,
+        head_rows: Mapping[str, list[int]] | None = None,
+        calibrated: bool = True,
+    ) -> tuple[Any, list[int]]:
+        """Raw scores and window number of every document, in input order: one list of scores, or with
+        ``head_rows`` one list per head set."""
+        sets = dict(head_rows) if head_rows is not None else {"": list(range(len(self.head_list.heads)))}
+        raw = {name: [-math.inf] * len(docs) for name in sets}
         window_of = [0] * len(docs)
         live = [d for d in docs if d.scored_text.strip()]
-        if not live:
-            return raw, window_of
-        plan = self._plan(query, live)
+        plan = self._plan(query, live) if live else []
         window_tokens = [sum(d.tokens for d in group) for group, _ in plan]
-        mean_tokens = sum(window_tokens) / len(plan)
+        mean_tokens = sum(window_tokens) / max(len(plan), 1)
         show = len(plan) >= _PROGRESS_WINDOWS if show_progress_bar is None else show_progress_bar
         from tqdm.auto import tqdm
 
         for w, (group, window) in enumerate(tqdm(plan, desc="scoring windows", unit="window", disable=not show)):
             signals = self._signals(window)
-            scores = scoring.document_scores(signals.query.sum(0), signals.null.sum(0), window.doc_spans)
             # Attention mass spreads over the window's tokens: rescale so windows of different
             # length give comparable scores (identity with a single window).
             scale = window_tokens[w] / mean_tokens if window_tokens[w] else 1.0
-            for d, s in zip(self._placed(group), scores):
-                raw[d.index] = s * scale
+            placed = self._placed(group)
+            for name, rows in sets.items():
+                q = signals.query[rows].sum(0)
+                if calibrated:
+                    scores = scoring.document_scores(q, signals.null[rows].sum(0), window.doc_spans)
+                else:
+                    scores = scoring.document_masses(q, window.doc_spans)
+                for d, s in zip(placed, scores):
+                    raw[name][d.index] = s * scale
+            for d in placed:
                 window_of[d.index] = w
-        return raw, window_of
+        return (raw if head_rows is not None else raw[""]), window_of
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["document_scores", "softmax"]
+__all__ = ["document_masses", "document_scores", "softmax"]
 
 
 def document_scores(
@@ -39,6 +39,13 @@ def document_scores(
             cd = cd[cd > cd.mean() - 2 * cd.std()]
         scores.append(float(cd.sum()))
     return scores
+
+
+def document_masses(signal: torch.Tensor, token_spans: Sequence[tuple[int, int]]) -> list[float]:
+    """Uncalibrated attention mass of each span (no N/A subtraction, no mask): the detection statistic
+    s(d) (method.md section 4), and the "no calibration" ablation; an empty span scores ``-inf``."""
+    s = signal.double()
+    return [float(s[a:b].sum()) if b > a else -math.inf for a, b in token_spans]
 
 
 def softmax(scores: Sequence[float], temperature: float | None = None) -> list[float]:
