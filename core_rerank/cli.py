@@ -10,9 +10,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import CoreRerankError
+from .inputs import DEFAULT_MAX_DOCUMENTS
 
 app = typer.Typer(help="Re-rank documents with the attention heads of a decoder LLM.", no_args_is_help=True)
 console = Console()
@@ -42,7 +44,15 @@ def read_documents(path: Path) -> list[Any]:
     document per line of a plain text file."""
     if not path.is_file():
         raise typer.BadParameter(f"{path} does not exist", param_hint="--docs")
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise typer.BadParameter(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})", param_hint="--docs"
+        ) from exc
+    # Only "\n" ends a line: str.splitlines() would also split at U+2028 and other separators that JSON
+    # strings may hold raw.
+    lines = [ln.removesuffix("\r") for ln in text.split("\n") if ln.strip()]
     if path.suffix.lower() not in (".jsonl", ".json"):
         return lines
     docs = []
@@ -70,6 +80,9 @@ def rank(
         str, typer.Option(help="'auto' (4-bit for 1B+ models on CUDA), 'none', '4bit' or '8bit'.")
     ] = "auto",
     device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'. Default: CUDA if available.")] = None,
+    max_documents: Annotated[
+        int, typer.Option(min=1, help="Refuse lists longer than this (a guard against ranking a whole corpus).")
+    ] = DEFAULT_MAX_DOCUMENTS,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Rank the documents of DOCS for QUERY and print the ranking."""
@@ -82,24 +95,24 @@ def rank(
     try:
         with console.status(f"loading {model} ..."):
             quant = None if quantization.lower() == "none" else quantization
-            reranker = Reranker(model, heads=heads, quantization=quant, device=device)
+            reranker = Reranker(model, heads=heads, quantization=quant, device=device, max_documents=max_documents)
         results = reranker.rank(query, documents, top_n=top_n)
-    except (CoreRerankError, ValueError, TypeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except CoreRerankError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     if as_json:
-        print(json.dumps(results.to_dicts(), indent=1))
+        print(json.dumps(results.to_dicts(), indent=1, allow_nan=False))
         return
-    table = Table(title=f"{query!r}", caption=repr(reranker), expand=True)
+    table = Table(title=escape(repr(query)), caption=escape(repr(reranker)), expand=True)
     for col in ("rank", "doc", "score", "norm"):
         table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     table.add_column("text", overflow="ellipsis", no_wrap=True, ratio=1)
     for r in results:
-        text = r.text.replace("\n", " ")
+        text = escape(r.text.replace("\n", " "))  # document text is data, not rich markup
         table.add_row(
             str(r.rank),
             str(r.index),
-            f"{r.score:.4f}",
+            f"{r.score:.4f}" if r.json_score is not None else "empty",
             f"{r.normalized_score:.3f}",
             text + (" [dim](truncated)[/dim]" if r.truncated else ""),
         )

@@ -43,6 +43,18 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def _raised_in(chain: list[BaseException], *parts: str) -> bool:
+    """Whether an exception of the chain was raised from a source file whose path holds one of ``parts``."""
+    for e in chain:
+        tb = e.__traceback__
+        while tb is not None:
+            filename = tb.tb_frame.f_code.co_filename
+            if any(p in filename for p in parts):
+                return True
+            tb = tb.tb_next
+    return False
+
+
 def _is(chain: list[BaseException], *names: str) -> bool:
     """Whether an exception of one of the classes ``names`` (or a subclass) is in the chain."""
     return any(cls.__name__ in names for e in chain for cls in type(e).__mro__)
@@ -87,9 +99,11 @@ def explain_load_failure(
     if isinstance(exc, ImportError):
         return DependencyMissingError(f"loading {what} needs a package that is not installed: {exc}")
     text = str(exc)
-    if "quantiz" in text.lower() or "bitsandbytes" in text.lower():
+    if _raised_in(chain, "quantizers", "quantization_config", "bitsandbytes") or "quantiz" in text.lower():
+        if quantization is None:
+            return QuantizationError(f"{what} cannot load with the quantization_config in its config.json: {text}")
         return QuantizationError(
-            f"{what} cannot load with quantization {quantization!r}: {text}. Use quantization=None (dense) or "
+            f"{what} cannot load with quantization={quantization!r}: {text}. Use quantization=None (dense) or "
             "another quantization."
         )
     if isinstance(exc, (KeyError, ValueError)) and ("model type" in text or "Unrecognized" in text):

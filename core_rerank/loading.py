@@ -286,6 +286,12 @@ def _load(source, num_layers, dtype, quantization, device, local_files_only) -> 
         raise explain_load_failure(exc, source.model_id, location, local_files_only, quantization) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
+    # Decoder-layer attention carries a layer_idx (for the KV cache); a vision tower's usually does not.
+    if any(getattr(m, "is_causal", None) is False and hasattr(m, "layer_idx") for m in model.modules()):
+        raise UnsupportedModelError(
+            f"model {source.model_id!r} attends in both directions: it is an encoder such as BERT, not a decoder. "
+            "core-rerank reads the attention of a decoder (causal) language model."
+        )
     if quant_config is None:
         model.to(device)
     model.eval()

@@ -45,9 +45,10 @@ def shared_reranker(**settings: Any) -> Reranker:
 
 
 def clear_cache() -> int:
-    """Forget every shared reranker and loaded model, and free their memory (CPU and GPU) once nothing
-    else holds them: a :class:`Reranker` you keep a reference to stays usable. Returns how many loaded
-    models were forgotten. The next call that needs a model loads it again."""
+    """Let go of every shared reranker and loaded model, so their memory (CPU and GPU) is freed once
+    nothing else holds them. A :class:`Reranker` you keep stays usable, and new rerankers with its
+    settings share its model rather than load a second copy; models nobody holds are loaded again when
+    next needed. Returns how many loaded models core-rerank was holding."""
     from .loading import clear_model_cache
 
     _rerankers.clear()

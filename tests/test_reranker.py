@@ -184,3 +184,88 @@ def test_cuda_request_without_cuda_is_a_clear_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(DeviceUnavailableError, match="CUDA"):
         Reranker(device="cuda")
+
+
+def test_every_prompt_fits_max_tokens_with_many_short_documents(fp32_shallow, monkeypatch):
+    """Labels grow with the position ("[1] " .. "[150] ") and merges differ in place: the engine measures
+    every built prompt, so no forward pass ever exceeds max_tokens."""
+    import core_rerank.reranker as reranker_module
+
+    rr = Reranker(heads=SHALLOW_HEADS, dtype="float32", max_tokens=400, max_doc_tokens=32)
+    lengths: list[int] = []
+    real = reranker_module.head_signals
+
+    def measured(model, heads_by_layer, ids_query, q_rows, ids_null, *args, **kwargs):
+        lengths.append(max(len(ids_query), len(ids_null)))
+        return real(model, heads_by_layer, ids_query, q_rows, ids_null, *args, **kwargs)
+
+    monkeypatch.setattr(reranker_module, "head_signals", measured)
+    docs = [f"fact {i}" for i in range(150)]  # ~3 tokens each: the labels cost more than the text
+    results = rr.rank("which fact is number 42?", docs)
+    assert sorted(results.indices) == list(range(150)) and results.num_windows == len(lengths) > 1
+    assert max(lengths) <= 400, lengths
+    assert min(lengths) > 200  # and windows are not wastefully small
+
+
+def test_default_prompt_budget_is_capped_and_can_be_raised(default_rr):
+    from core_rerank.reranker import DEFAULT_MAX_TOKENS
+
+    assert default_rr.loaded_model.shape.context_length == 8192 == DEFAULT_MAX_TOKENS
+    assert default_rr.max_tokens == DEFAULT_MAX_TOKENS
+    assert Reranker(max_tokens=2048).max_tokens == 2048
+    assert Reranker(max_tokens=1_000_000).max_tokens == 8192  # never past the model's context
+
+
+def test_attention_signals_refuse_a_prompt_over_max_tokens():
+    from core_rerank.errors import ContextLengthError
+
+    rr = Reranker(heads=SHALLOW_HEADS, dtype="float32", max_tokens=300, max_doc_tokens=64)
+    with pytest.raises(ContextLengthError, match="over max_tokens=300"):
+        rr.attention_signals("which fruit?", SANITY_DOCS * 3)
+    with pytest.raises(ContextLengthError, match="shorten the query"):
+        rr.rank("why " * 250, SANITY_DOCS[:2])
+
+
+def test_results_with_empty_documents_are_valid_json(default_rr):
+    import json
+
+    results = default_rr.rank("which fruit is high in potassium?", ["", SANITY_DOCS[1], " \n "])
+    text = json.dumps(results.to_dicts(), allow_nan=False)  # raises on -inf / NaN
+    rows = json.loads(text)
+    assert rows[0]["corpus_id"] == 1 and rows[1]["score"] is None and rows[2]["score"] is None
+    assert results[1].score == -math.inf  # in Python the raw score stays -inf: it sorts last
+
+
+def test_long_calls_show_progress(capsys):
+    rr = Reranker(heads=SHALLOW_HEADS, dtype="float32", max_tokens=300, max_doc_tokens=64)
+    rr.rank("which fruit?", SANITY_DOCS * 4)  # 32 documents in windows of 300 tokens: several passes
+    assert "scoring windows" in capsys.readouterr().err
+    rr.rank("which fruit?", SANITY_DOCS * 4, show_progress_bar=False)
+    assert "scoring windows" not in capsys.readouterr().err
+    rr.rank("which fruit?", SANITY_DOCS[:2])  # one window: no bar
+    assert "scoring windows" not in capsys.readouterr().err
+
+
+def test_dtype_is_chosen_per_device(monkeypatch):
+    import torch
+
+    from core_rerank import loading
+
+    assert loading.resolve_dtype("float16", "cpu") is torch.float16  # the caller's choice always wins
+    monkeypatch.setattr(loading, "cpu_has_native_bfloat16", lambda: True)
+    assert loading.resolve_dtype(None, "cpu") is torch.bfloat16
+    monkeypatch.setattr(loading, "cpu_has_native_bfloat16", lambda: False)
+    assert loading.resolve_dtype(None, "cpu") is torch.float32  # emulated bf16 is slower than fp32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert loading.resolve_dtype(None, "cuda") is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert loading.resolve_dtype(None, "cuda") is torch.bfloat16
+    assert loading.resolve_dtype(None, "mps") is torch.float16
+
+
+def test_the_default_dtype_follows_this_cpu(default_rr):
+    import torch
+
+    from core_rerank.loading import cpu_has_native_bfloat16
+
+    assert default_rr.dtype is (torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32)
