@@ -143,25 +143,28 @@ def test_same_settings_share_one_model(default_rr):
     assert other.loaded_model is not default_rr.loaded_model
 
 
-def test_concurrent_calls_match_sequential(fp32_shallow):
-    queries = [q for q, _ in SANITY_QUERIES]
-    expected = {q: fp32_shallow.score(q, SANITY_DOCS) for q in queries}
+def test_eight_threads_on_one_reranker_match_sequential_and_runs_are_deterministic(default_rr):
+    queries = [q for q, _ in SANITY_QUERIES] + ["what does cp do?", "when do bananas ripen?"]
+    expected = {q: default_rr.score(q, SANITY_DOCS) for q in queries}
+    assert {q: default_rr.score(q, SANITY_DOCS) for q in queries} == expected  # run to run: identical
     got: dict[str, list[float]] = {}
     errors: list[BaseException] = []
+    start = threading.Barrier(len(queries))
 
     def work(q: str) -> None:
         try:
-            got[q] = fp32_shallow.score(q, SANITY_DOCS)
+            start.wait()  # all eight call at once
+            got[q] = default_rr.score(q, SANITY_DOCS)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(q,)) for q in queries * 2]
+    threads = [threading.Thread(target=work, args=(q,)) for q in queries]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors
-    assert got == expected
+    assert len(got) == 8 and got == expected
 
 
 def test_unknown_model_and_unfitting_heads():
