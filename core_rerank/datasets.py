@@ -48,7 +48,7 @@ class Dataset:
     extra: dict[str, object] = field(default_factory=dict)
 
     def doc_text(self, doc_id: str) -> str:
-        """``title\\ntext`` when a title exists (method.md section 1), else the text."""
+        """``title\\ntext`` when a title exists (docs/method.md, section 1), else the text."""
         doc = self.corpus[doc_id]
         title = (doc.get("title") or "").strip()
         return f"{title}\n{doc['text']}" if title else doc["text"]

@@ -1,4 +1,4 @@
-"""Head detection: find the CoRe heads (and QR heads) of a model from labelled data (method.md section 4).
+"""Head detection: find the CoRe heads (and QR heads) of a model from labelled data (docs/method.md, section 4).
 
 For each detection sample (a query, one relevant passage and hard negatives, the positive at a seeded
 random position) and every head (l, h) of the model, one prompt is run and, WITHOUT calibration::

@@ -2,7 +2,7 @@
 
 Truncation sets the config's layer count before the weights load, and loads the bare decoder
 (``AutoModel``): later layers and the LM head are never allocated. Layer l's attention depends
-only on layers < l, so the selected heads see bit-identical inputs (method.md section 5).
+only on layers < l, so the selected heads see bit-identical inputs (docs/method.md, section 5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The list-wise prompt (method.md section 1) and the token spans of its parts.
+"""The list-wise prompt (docs/method.md, section 1) and the token spans of its parts.
 
 All candidate documents and the query go into one prompt, documents first, query last, inside the
 model's chat turn. Spans are character ranges recorded while the prompt is built (so two identical

@@ -1,6 +1,6 @@
 """The document score: calibration against a content-free query and the 2-sigma mask.
 
-This module is the one place the scoring formula lives (method.md section 3)::
+This module is the one place the scoring formula lives (docs/method.md, section 3)::
 
     c(j)     = s_query(j) - s_NA(j)
     m(j)     = 1 if c(j) > mean_{j in d}(c) - 2 * std_{j in d}(c) else 0
@@ -43,7 +43,7 @@ def document_scores(
 
 def document_masses(signal: torch.Tensor, token_spans: Sequence[tuple[int, int]]) -> list[float]:
     """Uncalibrated attention mass of each span (no N/A subtraction, no mask): the detection statistic
-    s(d) (method.md section 4), and the "no calibration" ablation; an empty span scores ``-inf``."""
+    s(d) (docs/method.md, section 4), and the "no calibration" ablation; an empty span scores ``-inf``."""
     s = signal.double()
     return [float(s[a:b].sum()) if b > a else -math.inf for a, b in token_spans]
 

@@ -124,7 +124,7 @@ def assert_signals_match_eager(rr, query, docs, atol=1e-4):
     return w
 
 
-# Truncation and head-set changes must not change a head's signal (method.md section 5). The inputs of the
+# Truncation and head-set changes must not change a head's signal (docs/method.md, section 5). The inputs of the
 # kept layers are the same, but the captured rows come from matmuls of other shapes (another head set or
 # depth), and CPU kernels (Intel vs AMD, AVX2 vs AVX-512) may block those reductions differently: the
 # results agree to float32 rounding, not bit for bit. A signal is a mean of softmax probabilities in [0, 1];

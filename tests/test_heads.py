@@ -10,7 +10,7 @@ from core_rerank import HeadList, bundled_head_lists, load_head_list
 from core_rerank.errors import HeadListError, HeadListMismatchError, HeadListNotFoundError
 from core_rerank.heads import find_bundled_head_list, resolve_head_list
 
-REFERENCE = {  # method.md section 7
+REFERENCE = {  # the CoRe and QRHead authors' published lists
     ("meta-llama/Llama-3.1-8B-Instruct", "core"): "13-18, 13-1, 14-13, 13-21, 14-31, 13-13, 8-11, 14-20",
     ("mistralai/Mistral-7B-Instruct-v0.2", "core"): "15-21, 15-1, 16-12, 15-7, 9-26, 12-11, 12-7, 18-0",
     ("ibm-granite/granite-3.2-8b-instruct", "core"): "19-1, 17-20, 19-19, 34-28, 17-25, 17-7, 19-4, 19-31",
