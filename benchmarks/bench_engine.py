@@ -123,13 +123,9 @@ class Cases:
         return scoring.document_scores(signals[0][:key_end], signals[1][:key_end], spans)
 
     def _layout(self, placed, query):
-        from core_rerank.prompt import TokenSpans, build_prompt
-
-        rr = self.mid
-        p = build_prompt(rr._markers, placed, query)
-        enc = rr.loaded_model.tokenizer(p.text, add_special_tokens=False, return_offsets_mapping=True)
-        spans = TokenSpans(enc["offset_mapping"])
-        return enc["input_ids"], spans(p.query_span), [spans(s) for s in p.doc_spans]
+        # The engine's own prompt and tokenization, so the baselines read exactly what it reads.
+        w = self.mid._window(query, placed)
+        return w.ids_query, w.query_rows, w.doc_spans
 
     def _ids(self, docs, query):
         return self._layout(docs[::-1], query)[0]
