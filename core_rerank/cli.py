@@ -140,9 +140,9 @@ def detect_heads(
     device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'. Default: CUDA if available.")] = None,
 ) -> None:
     """Detect CoRe (or QR) heads of MODEL on labelled data and write a head list the engine loads."""
-    from .datasets import load_dataset
-    from .detection import build_samples, collect_masses, make_head_list
     from .reranker import Reranker
+    from .research.datasets import load_dataset
+    from .research.detection import build_samples, collect_masses, make_head_list
 
     if method not in ("core", "qr"):
         raise typer.BadParameter("method must be 'core' or 'qr'", param_hint="--method")
@@ -169,7 +169,7 @@ def detect_heads(
     head_list = make_head_list(result, method, k, tau, extra={"negatives": negatives, "seed": seed})
     head_list.save(out)
     if plot is not None:
-        from .plots import plot_head_map
+        from .research.plots import plot_head_map
 
         plot_head_map(head_list, plot)
     console.print(f"wrote {out}: {', '.join(f'{a}-{b}' for a, b in head_list.heads)} ({len(samples)} samples)")
@@ -214,10 +214,10 @@ def evaluate(
     if not specs:
         raise typer.BadParameter("give at least one data set folder", param_hint="DATA_DIR")
     wanted = None if methods is None else {m.strip() for m in methods.split(",") if m.strip()}
-    from .datasets import load_dataset
-    from .evaluation import DenseScorer, evaluate_dataset
     from .heads import load_head_list
     from .reranker import Reranker
+    from .research.datasets import load_dataset
+    from .research.evaluation import DenseScorer, evaluate_dataset
 
     try:
         reranker = Reranker(model, heads="all", device=device, quantization=None)

@@ -149,7 +149,7 @@ def _test_file(spec: ModelSpec) -> Path:
 
 # ------------------------------------------------------------------ detect
 def stage_detect(args, spec: ModelSpec) -> None:
-    from core_rerank.detection import collect_masses, default_detection_samples
+    from core_rerank.research.detection import collect_masses, default_detection_samples
 
     rr = _reranker(spec, args.threads)
     samples = default_detection_samples(DATA, spec.detect)
@@ -160,7 +160,7 @@ def stage_detect(args, spec: ModelSpec) -> None:
 
 def head_sets(det) -> dict[str, list]:
     """Every candidate head set of the dev sweep, named."""
-    from core_rerank.detection import make_head_list
+    from core_rerank.research.detection import make_head_list
 
     sets = {}
     for tau in TAUS:
@@ -173,9 +173,9 @@ def head_sets(det) -> dict[str, list]:
 
 def _dev_job(payload):
     key, order, threads, max_q, work = payload
-    from core_rerank.datasets import load_dataset
-    from core_rerank.detection import DetectionResult, split_queries
-    from core_rerank.evaluation import _select, evaluate_dataset
+    from core_rerank.research.datasets import load_dataset
+    from core_rerank.research.detection import DetectionResult, split_queries
+    from core_rerank.research.evaluation import _select, evaluate_dataset
 
     spec = MODELS[key]
     rr = _reranker(spec, threads)
@@ -231,7 +231,7 @@ def layer_budgets(num_layers: int, deepest: int) -> list[int]:
 
 def test_lists(det, chosen: dict):
     """name -> HeadList evaluated on test: icr, qr, core, core_k8, core_L<n> (the layer-budget sweep)."""
-    from core_rerank.detection import make_head_list
+    from core_rerank.research.detection import make_head_list
 
     tau, k = chosen["tau"], chosen["k"]
     core = make_head_list(det, "core", k, tau, detection_note=DETECTION_NOTE)
@@ -247,9 +247,9 @@ def test_lists(det, chosen: dict):
 
 def _test_job(payload):
     key, names, threads, work = payload
-    from core_rerank.datasets import load_dataset
-    from core_rerank.detection import DetectionResult
-    from core_rerank.evaluation import DenseScorer, evaluate_dataset
+    from core_rerank.research.datasets import load_dataset
+    from core_rerank.research.detection import DetectionResult
+    from core_rerank.research.evaluation import DenseScorer, evaluate_dataset
 
     spec = MODELS[key]
     chosen = json.loads(_dev_file(spec).read_text())["chosen"]
@@ -290,7 +290,7 @@ def _timings(spec: ModelSpec, lists: dict, threads: int) -> dict[str, dict]:
     import torch
 
     from core_rerank import Reranker
-    from core_rerank.datasets import first_stage, load_dataset
+    from core_rerank.research.datasets import first_stage, load_dataset
 
     torch.set_num_threads(threads)
     ds = load_dataset(DATA / "scifact", "test")
@@ -313,7 +313,7 @@ def _timings(spec: ModelSpec, lists: dict, threads: int) -> dict[str, dict]:
 
 
 def stage_test(args, spec: ModelSpec) -> None:
-    from core_rerank.detection import DetectionResult
+    from core_rerank.research.detection import DetectionResult
 
     chosen = json.loads(_dev_file(spec).read_text())["chosen"]
     work = _work(args, spec)
@@ -442,7 +442,7 @@ def _model_section(spec: ModelSpec, dev: dict, test: dict) -> list[str]:
     others = ", ".join(f"{m} {table[f'{order}:{m}']:.4f}" for m in ("bm25", "icr", "qr16"))
     lines += ["", f"Dev baselines: {others}."]
     from core_rerank.heads import load_head_list
-    from core_rerank.plots import plot_head_map
+    from core_rerank.research.plots import plot_head_map
 
     hl = load_head_list(ROOT / bundled)
     if hl.score_matrix is not None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import SANITY_DOCS, SANITY_QUERIES, shared_data
 
-from core_rerank.detection import (
+from core_rerank.research.detection import (
     DetectionResult,
     DetectionSample,
     build_samples,
@@ -111,7 +111,7 @@ def test_result_roundtrip(sanity_result, tmp_path):
 
 
 def test_build_samples_from_scifact_train():
-    from core_rerank.datasets import load_dataset
+    from core_rerank.research.datasets import load_dataset
 
     ds = load_dataset(shared_data("scifact"), "train")
     det, held = split_queries(ds.query_ids, 0.25, seed=0)

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from conftest import SANITY_DOCS, SANITY_QUERIES, shared_data
 
-from core_rerank.evaluation import ndcg_at_10, per_query_metrics, per_query_ndcg, ranking_to_run, rrf
+from core_rerank.research.evaluation import ndcg_at_10, per_query_metrics, per_query_ndcg, ranking_to_run, rrf
 
 pytest.importorskip("pytrec_eval", reason="the eval extra (pytrec-eval-terrier) is not installed")
 
@@ -48,7 +48,7 @@ def test_ranking_to_run_and_rrf():
 
 
 def test_scifact_bm25_run_matches_published():
-    from core_rerank.datasets import first_stage, load_dataset, read_trec_run
+    from core_rerank.research.datasets import first_stage, load_dataset, read_trec_run
 
     ds = load_dataset(shared_data("scifact"), "test")
     assert len(ds.query_ids) == 300 and len(ds.corpus) == 5183
@@ -61,7 +61,7 @@ def test_scifact_bm25_run_matches_published():
 
 def test_bm25s_fallback_equals_shipped_run(tmp_path):
     """Without runs/ the first stage is bm25s over the corpus; on ADI it matches the shipped bm25s run."""
-    from core_rerank.datasets import first_stage, load_dataset, read_trec_run
+    from core_rerank.research.datasets import first_stage, load_dataset, read_trec_run
 
     src = shared_data("adi")
     (tmp_path / "qrels").mkdir()
@@ -82,8 +82,8 @@ def test_head_set_scores_equal_engine(fp32_all, order):
     """Scores the evaluator derives for a head subset from the all-heads pass equal what the engine
     itself computes with that subset as its head list (same prompt, same formula)."""
     from core_rerank import Reranker
-    from core_rerank.detection import truncate_texts
-    from core_rerank.evaluation import attention_scores
+    from core_rerank.research.detection import truncate_texts
+    from core_rerank.research.evaluation import attention_scores
 
     subset = [(3, 1), (5, 4), (7, 2)]
     row_of = {h: i for i, h in enumerate(fp32_all.head_list.heads)}
@@ -100,8 +100,8 @@ def test_head_set_scores_equal_engine(fp32_all, order):
 def test_evaluate_dataset_small(fp32_all):
     """End to end on 3 HotpotQA questions (2 gold of 10): methods present, values in [0, 1], the
     first-stage row equals nDCG of the first-stage order computed independently."""
-    from core_rerank.datasets import first_stage, load_dataset
-    from core_rerank.evaluation import evaluate_dataset
+    from core_rerank.research.datasets import first_stage, load_dataset
+    from core_rerank.research.evaluation import evaluate_dataset
 
     ds = load_dataset(shared_data("hotpotqa_distractor_dev500"), "test")
     res = evaluate_dataset(fp32_all, ds, {"late": [(20, 0), (21, 3)]}, depth=10, max_doc_tokens=48, max_queries=3)

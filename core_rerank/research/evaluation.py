@@ -27,9 +27,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..scoring import document_scores
 from .datasets import Candidates, Dataset, first_stage
 from .detection import truncate_texts
-from .scoring import document_scores
 
 __all__ = [
     "DenseScorer",
