@@ -215,12 +215,11 @@ def evaluate(
         raise typer.BadParameter("give at least one data set folder", param_hint="DATA_DIR")
     wanted = None if methods is None else {m.strip() for m in methods.split(",") if m.strip()}
     from .heads import load_head_list
-    from .reranker import Reranker
     from .research.datasets import load_dataset
-    from .research.evaluation import DenseScorer, evaluate_dataset
+    from .research.evaluation import DenseScorer, evaluate_dataset, evaluation_reranker
 
     try:
-        reranker = Reranker(model, heads="all", device=device, quantization=None)
+        reranker = evaluation_reranker(model, order=order, max_doc_tokens=max_doc_tokens, device=device)
         sets: dict[str, list[tuple[int, int]]] = {"icr": list(reranker.head_list.heads)}
         from .heads import find_bundled_head_list
 
@@ -254,8 +253,6 @@ def evaluate(
                 ds,
                 sets,
                 depth=depth,
-                max_doc_tokens=max_doc_tokens,
-                order=order,
                 max_queries=max_queries,
                 dense=scorer,
                 progress=progress,

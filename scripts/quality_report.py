@@ -124,13 +124,25 @@ def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def _reranker(spec: ModelSpec, threads: int, heads="all"):
+def _reranker(spec: ModelSpec, threads: int):
+    """All heads, for detection (its prompts hold the texts as cut by detection, in sample order)."""
     import torch
 
     torch.set_num_threads(threads)
     from core_rerank import Reranker
 
-    return Reranker(model=spec.engine, heads=heads, max_doc_tokens=MAX_DOC_TOKENS)
+    return Reranker(model=spec.engine, heads="all", max_doc_tokens=MAX_DOC_TOKENS)
+
+
+def _eval_reranker(spec: ModelSpec, threads: int, order: str):
+    """The evaluation reranker: all heads, the evaluated order and document cut as its own settings, the
+    model's context as max_tokens (a depth-20 list is one prompt)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from core_rerank.research.evaluation import evaluation_reranker
+
+    return evaluation_reranker(spec.engine, order=order, max_doc_tokens=MAX_DOC_TOKENS)
 
 
 def _work(args, spec: ModelSpec) -> Path:
@@ -178,15 +190,13 @@ def _dev_job(payload):
     from core_rerank.research.evaluation import _select, evaluate_dataset
 
     spec = MODELS[key]
-    rr = _reranker(spec, threads)
+    rr = _eval_reranker(spec, threads, order)
     sets = head_sets(DetectionResult.load(Path(work) / "detection.npz"))
     out = []
     sci = load_dataset(DATA / "scifact", "train")
     _, held = split_queries(sci.query_ids, 0.25, seed=0)
     for ds, qids in ((sci, _select(held, max_q)), (load_dataset(DATA / "nfcorpus_tokenized", "dev"), None)):
-        res = evaluate_dataset(
-            rr, ds, sets, depth=DEPTH, max_doc_tokens=MAX_DOC_TOKENS, order=order, max_queries=max_q, query_ids=qids
-        )
+        res = evaluate_dataset(rr, ds, sets, depth=DEPTH, max_queries=max_q, query_ids=qids)
         log(f"{key} dev {ds.name}/{ds.split} {order}: {res.queries} queries, {res.seconds:.0f} s")
         out.append(res.to_dict(per_query=True))
     return order, out
@@ -253,7 +263,7 @@ def _test_job(payload):
 
     spec = MODELS[key]
     chosen = json.loads(_dev_file(spec).read_text())["chosen"]
-    rr = _reranker(spec, threads)
+    rr = _eval_reranker(spec, threads, chosen["order"])
     det = DetectionResult.load(Path(work) / "detection.npz")
     sets = {"icr": list(det.heads), **{n: list(hl.heads) for n, hl in test_lists(det, chosen).items()}}
     dense = DenseScorer()
@@ -269,8 +279,6 @@ def _test_job(payload):
             ds,
             sets,
             depth=DEPTH,
-            max_doc_tokens=MAX_DOC_TOKENS,
-            order=chosen["order"],
             max_queries=max_q,
             dense=dense,
             nocal=True,
