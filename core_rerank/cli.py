@@ -199,8 +199,11 @@ def evaluate(
     ] = None,
     model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
     depth: Annotated[
-        int, typer.Option("--depth", "--top-k", min=1, help="Re-rank this many first-stage candidates.")
-    ] = 20,
+        int | None, typer.Option(min=1, help="Re-rank this many first-stage candidates.  [default: 20]")
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", min=1, hidden=True, help="Deprecated name of --depth.")
+    ] = None,
     max_doc_tokens: Annotated[int, typer.Option(min=8, help="Per-document token cap.")] = 200,
     order: Annotated[str, typer.Option(help="'reverse' (best candidate nearest the query) or 'given'.")] = "reverse",
     max_queries: Annotated[int | None, typer.Option(min=1, help="Evaluate a fixed seeded sample of queries.")] = None,
@@ -213,6 +216,15 @@ def evaluate(
     specs = [*(data_dirs or []), *(data or [])]
     if not specs:
         raise typer.BadParameter("give at least one data set folder", param_hint="DATA_DIR")
+    if top_k is not None:
+        if depth is not None:
+            raise typer.BadParameter("give --depth only (--top-k is its deprecated name)", param_hint="--top-k")
+        Console(stderr=True).print(
+            "[yellow]warning:[/yellow] --top-k is deprecated: use --depth (the number of first-stage candidates "
+            "re-ranked; top_n means results kept)"
+        )
+        depth = top_k
+    depth = 20 if depth is None else depth
     wanted = None if methods is None else {m.strip() for m in methods.split(",") if m.strip()}
     from .heads import load_head_list
     from .research.datasets import load_dataset

@@ -32,7 +32,7 @@ def test_mrr_and_recall_hand_values():
         "q1": {"b": 12.0, "d": 11.0, "a": 10.0, **{f"n{i}": float(i) for i in range(9)}},
         "q2": {**{f"m{i}": float(20 + i) for i in range(10)}, "x": 1.0},
     }
-    m = per_query_metrics(qrels, run, k=12)
+    m = per_query_metrics(qrels, run, depth=12)
     assert m["MRR@10"] == {"q1": pytest.approx(1 / 3), "q2": 0.0}
     assert m["recall@12"] == {"q1": pytest.approx(0.5), "q2": pytest.approx(1.0)}
     assert m["nDCG@10"]["q1"] == pytest.approx(per_query_ndcg(qrels, run)["q1"])

@@ -54,21 +54,22 @@ RRF_K = 60
 
 
 def per_query_metrics(
-    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], k: int
+    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], depth: int
 ) -> dict[str, dict[str, float]]:
-    """nDCG@10, MRR@10 and recall@k per query of ``qrels`` (pytrec_eval ``ndcg_cut.10``, ``recip_rank`` on
-    the top 10, ``recall.k``); queries missing from ``run`` get 0."""
+    """nDCG@10, MRR@10 and recall@depth per query of ``qrels`` (pytrec_eval ``ndcg_cut.10``, ``recip_rank`` on
+    the top 10, ``recall.<depth>``: of the relevant documents, the share among the ``depth`` re-ranked
+    candidates); queries missing from ``run`` get 0."""
     import pytrec_eval
 
     qrels = {q: {d: int(g) for d, g in rel.items()} for q, rel in qrels.items()}
     runs = {q: dict(docs) for q, docs in run.items() if q in qrels and docs}
     top10 = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:10]) for q, docs in runs.items()}
-    full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", f"recall.{k}"}).evaluate(runs)
+    full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", f"recall.{depth}"}).evaluate(runs)
     head = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
     return {
         "nDCG@10": {q: float(full[q]["ndcg_cut_10"]) if q in full else 0.0 for q in qrels},
         "MRR@10": {q: float(head[q]["recip_rank"]) if q in head else 0.0 for q in qrels},
-        f"recall@{k}": {q: float(full[q][f"recall_{k}"]) if q in full else 0.0 for q in qrels},
+        f"recall@{depth}": {q: float(full[q][f"recall_{depth}"]) if q in full else 0.0 for q in qrels},
     }
 
 
@@ -256,7 +257,8 @@ def evaluate_dataset(
         texts = [ds.doc_text(d) for d in doc_ids]
         if dense is not None:
             put("dense", q, doc_ids, dense.score(ds.queries[q], texts))
-        for name, (scores, raw) in head_set_scores(reranker, ds.queries[q], texts, head_sets, nocal).items():
+        scored = head_set_scores(reranker, ds.queries[q], texts, head_sets, nocal) if head_sets else {}
+        for name, (scores, raw) in scored.items():
             put(name, q, doc_ids, scores)
             if fusion:
                 put(f"{name}+bm25", q, doc_ids, rrf(scores, first))
