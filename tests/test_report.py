@@ -1,13 +1,19 @@
 """The docs/quality.md renderer: a pure function of the JSON results. Exact rows on a small synthetic input
-(numbers worked by hand), models without results noted and skipped."""
+(numbers worked by hand), models without results noted and skipped, and the committed page equal to what
+the committed JSON renders to."""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 
 from core_rerank.research.report import ModelResults, findings_section, render_quality_report
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Per-query nDCG@10 of two test sets (s1: q1 q2, s2: q3 q4).
 ALPHA = {
@@ -146,6 +152,7 @@ def test_candidate_list_and_missing_timing(page):
     beta = _section(page, "## Beta")
     assert any("Tested list `benchmarks/results/quality_heads_beta.core.json` (not bundled" in ln for ln in beta)
     assert "| core_L2 | 2 | 0.200 | - | - |" in beta  # no timings stage yet: layers from the lists
+    assert "| core (tested) | 5 | 0.600 | - | - |" in beta
     assert not any("head map" in ln.lower() for ln in beta)
 
 
@@ -159,3 +166,72 @@ def test_mixed_settings_are_refused():
 def test_findings_section():
     assert findings_section("# T\n\n## A\n\ntext\n\n## Findings\n\n- x\n") == "## Findings\n\n- x"
     assert findings_section("# T\n") is None
+
+
+@pytest.fixture
+def script(monkeypatch):
+    """scripts/quality_report.py as a module."""
+    spec = importlib.util.spec_from_file_location("quality_report", ROOT / "scripts" / "quality_report.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "quality_report", module)  # dataclasses look their module up there
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts the repository first on sys.path
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_page_is_the_rendered_json(script):
+    """docs/quality.md is what scripts/quality_report.py --stage report renders from benchmarks/results/;
+    regenerate it with that command after changing the JSON or the renderer."""
+    assert script.render_report() == (ROOT / "docs" / "quality.md").read_text()
+
+
+@pytest.mark.parametrize("write", [False, True])
+def test_test_stage_writes_bundled_lists_only_when_asked(script, monkeypatch, tmp_path, write):
+    """The test stage (its evaluation stubbed out) writes candidate lists under benchmarks/results/, and into
+    core_rerank/head_lists/ only with --write-head-lists; the report then names the list it tested."""
+    import argparse
+    import json
+
+    import numpy as np
+
+    from core_rerank.research.detection import DetectionResult, make_head_list
+
+    masses = [np.array([[0.2, 0.1, 0.1], [0.1, 0.3, 0.0]])]
+    det = DetectionResult("toy", 1, 2, 1, [(0, 0), (0, 1)], masses, [0], ["toy"])
+    lists = {"core": make_head_list(det, "core", k=1, tau=0.1), "qr": make_head_list(det, "qr", k=1)}
+    results, bundled = tmp_path / "results", tmp_path / "head_lists"
+    results.mkdir(), bundled.mkdir()
+    monkeypatch.setattr(script, "RESULTS", results)
+    monkeypatch.setattr(script, "HEAD_LISTS", bundled)
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    monkeypatch.setattr(script, "_lists", lambda args, spec: lists)
+    monkeypatch.setattr(script, "_test_job", lambda payload: [])
+    monkeypatch.setattr(script, "ProcessPoolExecutor", _InProcessPool)
+    spec = script.MODELS["smollm2"]
+    (results / f"quality_dev_{spec.key}.json").write_text(json.dumps({"chosen": {"order": "reverse"}}))
+    args = argparse.Namespace(work=tmp_path / "work", threads=1, write_head_lists=write)
+    script.stage_test(args, spec)
+    assert sorted(p.name for p in results.iterdir()) == [
+        "quality_dev_smollm2.json",
+        "quality_heads_smollm2.core.json",
+        "quality_heads_smollm2.qr.json",
+        "quality_test_smollm2.json",
+    ]
+    expected = [f"{spec.list_stem}.core.json", f"{spec.list_stem}.qr.json"] if write else []
+    assert sorted(p.name for p in bundled.iterdir()) == expected
+    path, is_bundled = script._tested_core_list(spec)
+    assert is_bundled == write and path.parent == (bundled if write else results)
+
+
+class _InProcessPool:
+    def __init__(self, workers):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, items):
+        return map(fn, items)

@@ -226,7 +226,7 @@ def _model_section(m: ModelResults, max_doc_tokens: Any, timing_queries: int) ->
             f"| {a} vs {b} | {len(diffs)} | {mean:+.4f} | {'-' if se is None else f'{se:.4f}'} | "
             f"{better} / {worse} / {len(diffs) - better - worse} |"
         )
-    lines += _layer_budget(test, max_doc_tokens, timing_queries)
+    lines += _layer_budget(test, max_doc_tokens, timing_queries, m.bundled)
     lines += _dev_tables(dev)
     if m.head_map is not None:
         lines += [
@@ -240,7 +240,7 @@ def _model_section(m: ModelResults, max_doc_tokens: Any, timing_queries: int) ->
     return [*lines, ""]
 
 
-def _layer_budget(test: Mapping[str, Any], max_doc_tokens: Any, timing_queries: int) -> list[str]:
+def _layer_budget(test: Mapping[str, Any], max_doc_tokens: Any, timing_queries: int, bundled: bool) -> list[str]:
     """nDCG of CoRe re-selected within the first N layers, and what the engine spends on it."""
     results = test["results"]
     budget = sorted((k for k in test["lists"] if k.startswith("core_L")), key=lambda k: int(k[6:]))
@@ -259,7 +259,7 @@ def _layer_budget(test: Mapping[str, Any], max_doc_tokens: Any, timing_queries: 
         nd = statistics.fmean(r["ndcg@10"][name] for r in results)
         t = _timing(test, name)
         layers = test["timing"][name]["layers_run"] if t is not None else test["lists"].get(name, {}).get("layers_run")
-        label = {"core": "core (bundled)", "icr": "icr (all heads)"}.get(name, name)
+        label = {"core": "core (bundled)" if bundled else "core (tested)", "icr": "icr (all heads)"}.get(name, name)
         spent = "- | -" if t is None or not full else f"{t:.2f} | {t / full:.2f}"
         lines.append(f"| {label} | {'-' if layers is None else layers} | {nd:.3f} | {spent} |")
     return lines
