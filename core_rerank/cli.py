@@ -153,9 +153,9 @@ def detect_heads(
     device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'. Default: CUDA if available.")] = None,
 ) -> None:
     """Detect CoRe (or QR) heads of MODEL on labelled data and write a head list the engine loads."""
-    from .datasets import load_dataset
-    from .detection import build_samples, collect_masses, make_head_list
     from .reranker import Reranker
+    from .research.datasets import load_dataset
+    from .research.detection import build_samples, collect_masses, make_head_list
 
     if method not in ("core", "qr"):
         raise typer.BadParameter("method must be 'core' or 'qr'", param_hint="--method")
@@ -182,7 +182,7 @@ def detect_heads(
     head_list = make_head_list(result, method, k, tau, extra={"negatives": negatives, "seed": seed})
     head_list.save(out)
     if plot is not None:
-        from .plots import plot_head_map
+        from .research.plots import plot_head_map
 
         plot_head_map(head_list, plot)
     console.print(f"wrote {out}: {', '.join(f'{a}-{b}' for a, b in head_list.heads)} ({len(samples)} samples)")
@@ -212,8 +212,11 @@ def evaluate(
     ] = None,
     model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
     depth: Annotated[
-        int, typer.Option("--depth", "--top-k", min=1, help="Re-rank this many first-stage candidates.")
-    ] = 20,
+        int | None, typer.Option(min=1, help="Re-rank this many first-stage candidates.  [default: 20]")
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", min=1, hidden=True, help="Deprecated name of --depth.")
+    ] = None,
     max_doc_tokens: Annotated[int, typer.Option(min=8, help="Per-document token cap.")] = 200,
     order: Annotated[str, typer.Option(help="'reverse' (best candidate nearest the query) or 'given'.")] = "reverse",
     max_queries: Annotated[int | None, typer.Option(min=1, help="Evaluate a fixed seeded sample of queries.")] = None,
@@ -226,14 +229,22 @@ def evaluate(
     specs = [*(data_dirs or []), *(data or [])]
     if not specs:
         raise typer.BadParameter("give at least one data set folder", param_hint="DATA_DIR")
+    if top_k is not None:
+        if depth is not None:
+            raise typer.BadParameter("give --depth only (--top-k is its deprecated name)", param_hint="--top-k")
+        Console(stderr=True).print(
+            "[yellow]warning:[/yellow] --top-k is deprecated: use --depth (the number of first-stage candidates "
+            "re-ranked; top_n means results kept)"
+        )
+        depth = top_k
+    depth = 20 if depth is None else depth
     wanted = None if methods is None else {m.strip() for m in methods.split(",") if m.strip()}
-    from .datasets import load_dataset
-    from .evaluation import DenseScorer, evaluate_dataset
     from .heads import load_head_list
-    from .reranker import Reranker
+    from .research.datasets import load_dataset
+    from .research.evaluation import DenseScorer, evaluate_dataset, evaluation_reranker
 
     try:
-        reranker = Reranker(model, heads="all", device=device, quantization=None)
+        reranker = evaluation_reranker(model, order=order, max_doc_tokens=max_doc_tokens, device=device)
         sets: dict[str, list[tuple[int, int]]] = {"icr": list(reranker.head_list.heads)}
         from .heads import find_bundled_head_list
 
@@ -267,8 +278,6 @@ def evaluate(
                 ds,
                 sets,
                 depth=depth,
-                max_doc_tokens=max_doc_tokens,
-                order=order,
                 max_queries=max_queries,
                 dense=scorer,
                 progress=progress,

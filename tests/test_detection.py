@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import SANITY_DOCS, SANITY_QUERIES, shared_data
 
-from core_rerank.detection import (
+from core_rerank.research.detection import (
     DetectionResult,
     DetectionSample,
     build_samples,
@@ -111,7 +111,7 @@ def test_result_roundtrip(sanity_result, tmp_path):
 
 
 def test_build_samples_from_scifact_train():
-    from core_rerank.datasets import load_dataset
+    from core_rerank.research.datasets import load_dataset
 
     ds = load_dataset(shared_data("scifact"), "train")
     det, held = split_queries(ds.query_ids, 0.25, seed=0)
@@ -157,7 +157,8 @@ def test_cli_detect_heads_then_evaluate(tmp_path):
 
 def test_cli_issue_forms(tmp_path):
     """The documented forms: `detect-heads --data DIR --split SPLIT` and
-    `evaluate DATA_DIR --split S --methods ... --top-k K --json OUT` with nDCG@10, MRR@10 and recall@k."""
+    `evaluate DATA_DIR --split S --methods ... --depth K --json OUT` with nDCG@10, MRR@10 and recall@K,
+    here through --top-k, the hidden, deprecated name of --depth (it warns; giving both is an error)."""
     import json
 
     from typer.testing import CliRunner
@@ -177,6 +178,12 @@ def test_cli_issue_forms(tmp_path):
     got = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*args, "--max-doc-tokens", "24", "--json", str(res)])
     assert got.exit_code == 0, got.output
     assert "MRR@10" in got.output and "s per query" in got.output
+    assert "--top-k is deprecated: use --depth" in got.output
     (r,) = json.loads(res.read_text())
     assert set(r["metrics"]) == {"bm25", "icr"} and r["split"] == "dev"
     assert set(r["metrics"]["icr"]) == {"nDCG@10", "MRR@10", "recall@5"} and r["seconds_per_query"] > 0
+    assert r["settings"]["depth"] == 5
+    both = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["evaluate", str(wiki), "--top-k", "5", "--depth", "6"])
+    assert both.exit_code == 2 and "deprecated name" in both.output
+    helped = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["evaluate", "--help"])
+    assert "--depth" in helped.output and "--top-k" not in helped.output

@@ -1,5 +1,5 @@
 """Evaluation: nDCG@10 against hand values and the published BM25 number, data loading, the bm25s
-fallback, and that the evaluator's per-head-set scores equal the engine's own scores."""
+fallback, and that the evaluator's per-head-set scores (scored by the engine) equal the engine's own scores."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shutil
 import pytest
 from conftest import SANITY_DOCS, SANITY_QUERIES, shared_data
 
-from core_rerank.evaluation import ndcg_at_10, per_query_metrics, per_query_ndcg, ranking_to_run, rrf
+from core_rerank.research.evaluation import ndcg_at_10, per_query_metrics, per_query_ndcg, ranking_to_run, rrf
 
 pytest.importorskip("pytrec_eval", reason="the eval extra (pytrec-eval-terrier) is not installed")
 
@@ -32,7 +32,7 @@ def test_mrr_and_recall_hand_values():
         "q1": {"b": 12.0, "d": 11.0, "a": 10.0, **{f"n{i}": float(i) for i in range(9)}},
         "q2": {**{f"m{i}": float(20 + i) for i in range(10)}, "x": 1.0},
     }
-    m = per_query_metrics(qrels, run, k=12)
+    m = per_query_metrics(qrels, run, depth=12)
     assert m["MRR@10"] == {"q1": pytest.approx(1 / 3), "q2": 0.0}
     assert m["recall@12"] == {"q1": pytest.approx(0.5), "q2": pytest.approx(1.0)}
     assert m["nDCG@10"]["q1"] == pytest.approx(per_query_ndcg(qrels, run)["q1"])
@@ -48,7 +48,7 @@ def test_ranking_to_run_and_rrf():
 
 
 def test_scifact_bm25_run_matches_published():
-    from core_rerank.datasets import first_stage, load_dataset, read_trec_run
+    from core_rerank.research.datasets import first_stage, load_dataset, read_trec_run
 
     ds = load_dataset(shared_data("scifact"), "test")
     assert len(ds.query_ids) == 300 and len(ds.corpus) == 5183
@@ -61,7 +61,7 @@ def test_scifact_bm25_run_matches_published():
 
 def test_bm25s_fallback_equals_shipped_run(tmp_path):
     """Without runs/ the first stage is bm25s over the corpus; on ADI it matches the shipped bm25s run."""
-    from core_rerank.datasets import first_stage, load_dataset, read_trec_run
+    from core_rerank.research.datasets import first_stage, load_dataset, read_trec_run
 
     src = shared_data("adi")
     (tmp_path / "qrels").mkdir()
@@ -77,37 +77,52 @@ def test_bm25s_fallback_equals_shipped_run(tmp_path):
     assert ours > 0.2  # far above a random order of 82 documents
 
 
+def _assert_close(got: list[float], expected: list[float]) -> None:
+    """Equal within float32 rounding (not bit-equal: different head sets sum different rows): abs 1e-5 for
+    scores of order 1, scaled up for larger scores; the largest difference is reported."""
+    assert len(got) == len(expected)
+    scale = max([1.0, *(abs(v) for v in expected if math.isfinite(v))])
+    worst = max(abs(a - b) if math.isfinite(b) else (0.0 if a == b else math.inf) for a, b in zip(got, expected))
+    assert worst <= 1e-5 * scale, f"largest difference {worst:.3g} (scores up to {scale:.3g})"
+
+
 @pytest.mark.parametrize("order", ["reverse", "given"])
-def test_head_set_scores_equal_engine(fp32_all, order):
-    """Scores the evaluator derives for a head subset from the all-heads pass equal what the engine
-    itself computes with that subset as its head list (same prompt, same formula)."""
+def test_method_scores_equal_engine(order):
+    """A method's scores (full texts in: the engine cuts them) equal what the engine itself computes with
+    that head set as its head list and the same settings, calibrated and (-nocal) uncalibrated."""
     from core_rerank import Reranker
-    from core_rerank.detection import truncate_texts
-    from core_rerank.evaluation import attention_scores
+    from core_rerank.research.evaluation import evaluation_reranker, head_set_scores
 
+    rr = evaluation_reranker(dtype="float32", max_doc_tokens=24, order=order)
+    assert rr.max_tokens == rr.loaded_model.shape.context_length and rr.order == order
     subset = [(3, 1), (5, 4), (7, 2)]
-    row_of = {h: i for i, h in enumerate(fp32_all.head_list.heads)}
-    texts = truncate_texts(fp32_all.loaded_model.tokenizer, SANITY_DOCS, 24)
     query = SANITY_QUERIES[0][0]
-    got = attention_scores(fp32_all, query, texts, {"sub": [row_of[h] for h in subset], "all": list(range(270))}, order)
-    engine_sub = Reranker(heads=subset, dtype="float32", max_doc_tokens=24, order=order).score(query, SANITY_DOCS)
-    engine_all = Reranker(heads="all", dtype="float32", max_doc_tokens=24, order=order).score(query, SANITY_DOCS)
-    assert got["sub"][0] == pytest.approx(engine_sub, rel=1e-5, abs=1e-6)
-    assert got["all"][0] == pytest.approx(engine_all, rel=1e-5, abs=1e-6)
+    got = head_set_scores(rr, query, SANITY_DOCS, {"sub": subset, "all": list(rr.head_list.heads)}, nocal=True)
+    settings = {"dtype": "float32", "max_doc_tokens": 24, "order": order, "max_tokens": rr.max_tokens}
+    engine_sub = Reranker(heads=subset, **settings)
+    _assert_close(got["sub"][0], engine_sub.score(query, SANITY_DOCS))
+    _assert_close(got["all"][0], Reranker(heads="all", **settings).score(query, SANITY_DOCS))
+    masses = engine_sub.score_head_sets(query, SANITY_DOCS, {"sub": subset}, calibrated=False)["sub"]
+    _assert_close(got["sub"][1], masses)
     assert got["sub"][0] != pytest.approx(got["all"][0])  # the subset really is a different scorer
+    assert got["sub"][1] != pytest.approx(got["sub"][0])  # and calibration changes the scores
 
 
-def test_evaluate_dataset_small(fp32_all):
+def test_evaluate_dataset_small():
     """End to end on 3 HotpotQA questions (2 gold of 10): methods present, values in [0, 1], the
-    first-stage row equals nDCG of the first-stage order computed independently."""
-    from core_rerank.datasets import first_stage, load_dataset
-    from core_rerank.evaluation import evaluate_dataset
+    first-stage row equals nDCG of the first-stage order computed independently, settings recorded
+    from the evaluation reranker."""
+    from core_rerank.research.datasets import first_stage, load_dataset
+    from core_rerank.research.evaluation import evaluate_dataset, evaluation_reranker
 
     ds = load_dataset(shared_data("hotpotqa_distractor_dev500"), "test")
-    res = evaluate_dataset(fp32_all, ds, {"late": [(20, 0), (21, 3)]}, depth=10, max_doc_tokens=48, max_queries=3)
+    rr = evaluation_reranker(dtype="float32", max_doc_tokens=48)
+    res = evaluate_dataset(rr, ds, {"late": [(20, 0), (21, 3)]}, depth=10, max_queries=3)
     assert res.queries == 3
     assert set(res.ndcg) == {"bm25", "late", "late+bm25"}
     assert all(0.0 <= v <= 1.0 for v in res.ndcg.values())
+    assert res.settings["max_doc_tokens"] == 48 and res.settings["order"] == "reverse"
+    assert res.settings["depth"] == 10 and res.settings["max_tokens"] == rr.max_tokens
     cands, _ = first_stage(ds)
     qids = list(res.per_query["bm25"])
     expected = ndcg_at_10(
@@ -118,3 +133,5 @@ def test_evaluate_dataset_small(fp32_all):
     assert res.metrics["bm25"]["nDCG@10"] == pytest.approx(expected)
     assert set(res.metrics["late"]) == {"nDCG@10", "MRR@10", "recall@10"}
     assert res.metrics["bm25"]["recall@10"] == pytest.approx(res.metrics["late"]["recall@10"])  # same pool
+    with pytest.raises(ValueError, match="not captured"):
+        evaluate_dataset(rr, ds, {"bad": [(99, 0)]}, depth=10, max_queries=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .heads import HeadList
+from ..heads import HeadList
 
 __all__ = ["plot_head_map"]
 

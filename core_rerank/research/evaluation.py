@@ -3,15 +3,20 @@
 Protocol (documented in docs/quality.md):
 
 - Candidates: the first ``depth`` candidates of the split's first stage (:func:`datasets.first_stage`),
-  each cut to ``max_doc_tokens`` tokens exactly as the engine cuts them, all in ONE prompt.
-- Placement: ``order="reverse"`` puts the first-stage best candidate last (nearest the query), as the
-  engine does by default; ``"given"`` keeps first-stage order.
-- One pass per query captures the signals of EVERY head (and the "N/A" pass); each head-set method is
-  then scored from its rows with the engine's own formula (:func:`core_rerank.scoring.document_scores`),
-  so a method's scores equal ``Reranker(heads=that_list).score(...)`` on the same prompt (tested).
+  passed to the engine as full texts.
+- Scoring goes through the engine: :meth:`Reranker.score_head_sets` of the evaluation reranker scores every
+  head set from the same forward passes, with the engine's placement (``reranker.order``: ``"reverse"``
+  puts the first-stage best candidate last, nearest the query; ``"given"`` keeps first-stage order), its
+  per-document cut (``reranker.max_doc_tokens``) and its windowing (``reranker.max_tokens``). A method's
+  scores therefore equal ``Reranker(heads=that_list, same settings).score(query, texts)`` (within float32
+  rounding: different head sets sum different rows; tested).
+- :func:`evaluation_reranker` builds that reranker: every head, dense weights, ``max_tokens`` = the model's
+  context length and no document limit, so a depth-20 list of 200-token documents is ONE prompt, as in the
+  published results (a list longer than the context would be scored in windows, as the engine does).
 - Methods: ``bm25`` (first-stage order), ``dense`` (all-MiniLM-L6-v2 cosine, if installed), every head
-  set given (e.g. ``icr`` = all heads, ``qr``, ``core``), ``<set>-nocal`` (no calibration, no mask),
-  and ``<set>+bm25``: reciprocal-rank fusion of the attention ranking with the first-stage ranking,
+  set given (e.g. ``icr`` = all heads, ``qr``, ``core``), ``<set>-nocal`` (no calibration, no mask:
+  ``score_head_sets(..., calibrated=False)``, a second set of passes), and ``<set>+bm25``: reciprocal-rank
+  fusion of the attention ranking with the first-stage ranking,
   ``1/(60 + rank_attention) + 1/(60 + rank_first_stage)`` (an evaluation method, not in the engine).
 - nDCG@10 by pytrec_eval (``ndcg_cut.10``) over the queries in qrels; a query without candidates counts 0.
   Tied scores never occur: every run is written as strictly decreasing scores from its ranking.
@@ -25,17 +30,19 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .datasets import Candidates, Dataset, first_stage
-from .detection import truncate_texts
-from .scoring import document_scores
+
+if TYPE_CHECKING:
+    from ..reranker import Reranker
 
 __all__ = [
     "DenseScorer",
     "EvalResult",
-    "attention_scores",
     "evaluate_dataset",
+    "evaluation_reranker",
+    "head_set_scores",
     "ndcg_at_10",
     "per_query_ndcg",
     "ranking_to_run",
@@ -47,21 +54,22 @@ RRF_K = 60
 
 
 def per_query_metrics(
-    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], k: int
+    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], depth: int
 ) -> dict[str, dict[str, float]]:
-    """nDCG@10, MRR@10 and recall@k per query of ``qrels`` (pytrec_eval ``ndcg_cut.10``, ``recip_rank`` on
-    the top 10, ``recall.k``); queries missing from ``run`` get 0."""
+    """nDCG@10, MRR@10 and recall@depth per query of ``qrels`` (pytrec_eval ``ndcg_cut.10``, ``recip_rank`` on
+    the top 10, ``recall.<depth>``: of the relevant documents, the share among the ``depth`` re-ranked
+    candidates); queries missing from ``run`` get 0."""
     import pytrec_eval
 
     qrels = {q: {d: int(g) for d, g in rel.items()} for q, rel in qrels.items()}
     runs = {q: dict(docs) for q, docs in run.items() if q in qrels and docs}
     top10 = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:10]) for q, docs in runs.items()}
-    full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", f"recall.{k}"}).evaluate(runs)
+    full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", f"recall.{depth}"}).evaluate(runs)
     head = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
     return {
         "nDCG@10": {q: float(full[q]["ndcg_cut_10"]) if q in full else 0.0 for q in qrels},
         "MRR@10": {q: float(head[q]["recip_rank"]) if q in head else 0.0 for q in qrels},
-        f"recall@{k}": {q: float(full[q][f"recall_{k}"]) if q in full else 0.0 for q in qrels},
+        f"recall@{depth}": {q: float(full[q][f"recall_{depth}"]) if q in full else 0.0 for q in qrels},
     }
 
 
@@ -161,46 +169,59 @@ def _select(qids: list[str], max_queries: int | None) -> list[str]:
     return [q for q in qids if q in keep]
 
 
-def attention_scores(
-    reranker: Any,
+def evaluation_reranker(
+    model: str = "default",
+    *,
+    order: Literal["reverse", "given"] = "reverse",
+    max_doc_tokens: int = 200,
+    dtype: Any = None,
+    device: str | None = None,
+    local_files_only: bool | None = None,
+) -> Reranker:
+    """The reranker an evaluation scores with: every head of ``model`` (any head set is scored from its
+    passes), dense weights, the evaluation's ``order`` and ``max_doc_tokens`` as its own settings,
+    ``max_tokens`` = the model's context length (a depth-20 candidate list is one prompt) and no document
+    limit. Rerankers with the same model settings share one loaded model, so this is cheap next to another."""
+    from ..loading import read_shape
+    from ..reranker import Reranker
+    from ..sources import resolve_source
+
+    shape, _ = read_shape(resolve_source(model, None), local_files_only)
+    return Reranker(
+        model,
+        heads="all",
+        quantization=None,
+        dtype=dtype,
+        device=device,
+        order=order,
+        max_doc_tokens=max_doc_tokens,
+        max_tokens=shape.context_length,
+        max_documents=None,
+        local_files_only=local_files_only,
+    )
+
+
+def head_set_scores(
+    reranker: Reranker,
     query: str,
     texts: Sequence[str],
-    rows: Mapping[str, Sequence[int]],
-    order: str = "reverse",
+    head_sets: Mapping[str, Sequence[tuple[int, int]]],
     nocal: bool = False,
 ) -> dict[str, tuple[list[float], list[float] | None]]:
-    """Scores (input order) of ``texts`` for each head set, given as row indices into ``reranker``'s
-    head list, from ONE prompt: calibrated engine scores, and uncalibrated masses when ``nocal``.
-    ``texts`` must already be cut to the token budget (:func:`truncate_texts`)."""
-    placed = list(range(len(texts)))[::-1] if order == "reverse" else list(range(len(texts)))
-    w = reranker.attention_signals(query, [texts[i] for i in placed])
-    sq, sn = w.signals.query, w.signals.null
-    out = {}
-    for name, r in rows.items():
-        r = list(r)
-        in_prompt = document_scores(sq[r].sum(0), sn[r].sum(0), w.doc_spans)
-        scores = [0.0] * len(texts)
-        for pos, i in enumerate(placed):
-            scores[i] = in_prompt[pos]
-        raw = None
-        if nocal:
-            mass = sq[r].sum(0).double()
-            raw = [0.0] * len(texts)
-            for pos, i in enumerate(placed):
-                a, b = w.doc_spans[pos]
-                raw[i] = float(mass[a:b].sum())
-        out[name] = (scores, raw)
-    return out
+    """Scores (input order) of the full ``texts`` under each head set (heads within ``reranker``'s list), by
+    the engine (:meth:`Reranker.score_head_sets`): calibrated scores, and with ``nocal`` the uncalibrated
+    masses too (``calibrated=False``: a second set of forward passes)."""
+    scores = reranker.score_head_sets(query, texts, head_sets)
+    raw = reranker.score_head_sets(query, texts, head_sets, calibrated=False) if nocal else {}
+    return {name: (scores[name], raw.get(name)) for name in head_sets}
 
 
 def evaluate_dataset(
-    reranker: Any,
+    reranker: Reranker,
     ds: Dataset,
     head_sets: Mapping[str, Sequence[tuple[int, int]]],
     *,
     depth: int = 20,
-    max_doc_tokens: int = 256,
-    order: str = "reverse",
     max_queries: int | None = None,
     run: str | None = None,
     dense: DenseScorer | None = None,
@@ -210,20 +231,17 @@ def evaluate_dataset(
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Evaluate every head set of ``head_sets`` (name -> heads, each within ``reranker``'s head list,
-    normally all heads) and the baselines on ``ds``. See the module docstring for the protocol."""
-    if order not in ("reverse", "given"):
-        raise ValueError(f"order must be 'reverse' or 'given', got {order!r}")
+    normally all heads: :func:`evaluation_reranker`) and the baselines on the first ``depth`` first-stage
+    candidates of ``ds``. Placement, per-document cut and windows are ``reranker``'s own (``order``,
+    ``max_doc_tokens``, ``max_tokens``). See the module docstring for the protocol."""
     t0 = time.perf_counter()
-    row_of = {h: i for i, h in enumerate(reranker.head_list.heads)}
-    rows: dict[str, list[int]] = {}
+    captured = set(reranker.head_list.heads)
     for name, heads in head_sets.items():
-        missing = [h for h in heads if tuple(h) not in row_of]
+        missing = [h for h in heads if tuple(h) not in captured]
         if missing:
             raise ValueError(f"head set {name!r}: heads {missing[:5]} are not captured by the reranker's head list")
-        rows[name] = [row_of[tuple(h)] for h in heads]
     cands, fs_desc = first_stage(ds, run=run)
     qids = list(query_ids) if query_ids is not None else _select(ds.query_ids, max_queries)
-    tok = reranker.loaded_model.tokenizer
     runs: dict[str, dict[str, dict[str, float]]] = {}
 
     def put(method: str, qid: str, doc_ids: list[str], scores: Sequence[float]) -> None:
@@ -239,8 +257,8 @@ def evaluate_dataset(
         texts = [ds.doc_text(d) for d in doc_ids]
         if dense is not None:
             put("dense", q, doc_ids, dense.score(ds.queries[q], texts))
-        texts = truncate_texts(tok, texts, max_doc_tokens)
-        for name, (scores, raw) in attention_scores(reranker, ds.queries[q], texts, rows, order, nocal).items():
+        scored = head_set_scores(reranker, ds.queries[q], texts, head_sets, nocal) if head_sets else {}
+        for name, (scores, raw) in scored.items():
             put(name, q, doc_ids, scores)
             if fusion:
                 put(f"{name}+bm25", q, doc_ids, rrf(scores, first))
@@ -249,13 +267,14 @@ def evaluate_dataset(
         if progress is not None:
             progress(n + 1, len(qids))
     qrels = {q: ds.qrels[q] for q in qids}
-    res = EvalResult(
-        ds.name,
-        ds.split,
-        fs_desc,
-        len(qids),
-        {"depth": depth, "max_doc_tokens": max_doc_tokens, "order": order, "model": reranker.model_id},
-    )
+    settings = {
+        "depth": depth,
+        "max_doc_tokens": reranker.max_doc_tokens,
+        "order": reranker.order,
+        "max_tokens": reranker.max_tokens,
+        "model": reranker.model_id,
+    }
+    res = EvalResult(ds.name, ds.split, fs_desc, len(qids), settings)
     for method, r in runs.items():
         per_metric = per_query_metrics(qrels, r, depth)
         pq = per_metric["nDCG@10"]

@@ -143,9 +143,10 @@ class BM25Index:
         scores = self._all_scores(query)
         return [float(scores[self._pos[d]]) for d in doc_ids]
 
-    def search(self, query: str, k: int = 100) -> Candidates:
+    def search(self, query: str, depth: int = 100) -> Candidates:
+        """The ``depth`` best documents of the corpus for ``query`` (a first stage)."""
         scores = self._all_scores(query)
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:depth]
         return Candidates([self.doc_ids[i] for i in order], [float(scores[i]) for i in order])
 
 

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from ..heads import HeadList
+from ..prompt import cut_to_tokens
 from .datasets import Dataset, first_stage, load_dataset
-from .heads import HeadList
-from .prompt import cut_to_tokens
 
 __all__ = [
     "DetectionResult",
