@@ -20,7 +20,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableParallel, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
-from langchain_core_rerank import CoReRerank
+from langchain_corerank import CoReRerank
 
 QUESTIONS = [
     "How do I see which folders take up the most disk space?",

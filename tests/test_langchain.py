@@ -1,20 +1,26 @@
-"""LangChain integration: ``langchain_core_rerank.CoReRerank`` on the real default model and real LangChain."""
+"""LangChain integration: ``langchain_corerank.CoReRerank`` on the real default model and real LangChain."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import importlib
+import json
 import math
 import pickle
+import subprocess
+import sys
+import textwrap
 import threading
+import warnings
 from pathlib import Path
 
-import langchain_core_rerank
+import langchain_corerank
 import pytest
 from conftest import SANITY_DOCS, SANITY_QUERIES, SCIFACT_QUERIES, minilm_dir, scifact_subset
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import BaseDocumentCompressor, Document
-from langchain_core_rerank import CoReRerank
+from langchain_corerank import CoReRerank
 from pydantic import ValidationError
 
 FRUIT_Q, FRUIT = SANITY_QUERIES[1]  # "which fruit is high in potassium?" -> SANITY_DOCS[1]
@@ -35,11 +41,48 @@ def compressor() -> CoReRerank:
 
 # ---------------------------------------------------------------- package and class
 def test_package_surface():
-    assert langchain_core_rerank.__all__ == ["CoReRerank"]
+    assert langchain_corerank.__all__ == ["CoReRerank"]
     assert issubclass(CoReRerank, BaseDocumentCompressor)
-    assert (Path(langchain_core_rerank.__file__).parent / "py.typed").is_file()
+    assert (Path(langchain_corerank.__file__).parent / "py.typed").is_file()
     c = CoReRerank()
     assert (c.model, c.top_n, c.score_threshold, c.heads, c.max_doc_tokens) == ("default", 3, None, None, 400)
+
+
+def test_deprecated_import_name_is_an_alias_that_warns():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import langchain_core_rerank
+    # reload: the first import in this process may have happened elsewhere; the warning comes on every load.
+    with pytest.warns(DeprecationWarning, match=r"from langchain_corerank import CoReRerank"):
+        importlib.reload(langchain_core_rerank)
+    assert langchain_core_rerank.CoReRerank is CoReRerank is langchain_corerank.CoReRerank
+    assert langchain_core_rerank.__all__ == ["CoReRerank"]
+
+
+def test_deprecated_import_warns_in_a_fresh_interpreter():
+    script = textwrap.dedent(
+        """
+        import json, warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import langchain_corerank
+            new = [str(w.message) for w in caught if "langchain_core" in str(w.message)]
+            from langchain_core_rerank import CoReRerank
+            from langchain_core_rerank.rerank import CoReRerank as FromModule
+        old = [(w.category.__name__, str(w.message), w.filename) for w in caught if "core_rerank" in str(w.message)]
+        same = CoReRerank is FromModule is langchain_corerank.CoReRerank
+        print(json.dumps({"new": new, "old": old, "same": same}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["new"] == []  # the new name imports without a warning
+    assert got["same"] is True
+    (old,) = got["old"]  # exactly one warning, for the old name, pointing at the importing code
+    category, message, filename = old
+    assert category == "DeprecationWarning" and "from langchain_corerank import CoReRerank" in message
+    assert filename == "<string>"
 
 
 def test_engine_is_lazy_and_shares_the_default_model(default_rr):

@@ -178,7 +178,7 @@ def test_round_tripped_postprocessor_ranks_the_same():
 # ---------------------------------------------------------------- one model, two wrappers
 def test_langchain_and_llamaindex_share_one_model():
     from langchain_core.documents import Document
-    from langchain_core_rerank import CoReRerank as LangChainCoReRerank
+    from langchain_corerank import CoReRerank as LangChainCoReRerank
 
     from core_rerank.loading import model_cache_info
 
@@ -195,7 +195,7 @@ def test_langchain_and_llamaindex_share_one_model():
 
 
 def test_default_wrappers_share_the_default_model(default_rr):
-    from langchain_core_rerank import CoReRerank as LangChainCoReRerank
+    from langchain_corerank import CoReRerank as LangChainCoReRerank
 
     assert LangChainCoReRerank().engine.loaded_model is CoReRerank().engine.loaded_model is default_rr.loaded_model
 
