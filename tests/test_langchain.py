@@ -45,7 +45,7 @@ def test_package_surface():
     assert issubclass(CoReRerank, BaseDocumentCompressor)
     assert (Path(langchain_corerank.__file__).parent / "py.typed").is_file()
     c = CoReRerank()
-    assert (c.model, c.top_n, c.score_threshold, c.heads, c.max_doc_tokens) == ("default", 3, None, None, 400)
+    assert (c.model, c.top_n, c.min_relevance_score, c.heads, c.max_doc_tokens) == ("default", 3, None, None, 400)
 
 
 def test_deprecated_import_name_is_an_alias_that_warns():
@@ -143,7 +143,7 @@ def test_one_engine_call_per_compress(compressor, monkeypatch):
     assert calls == [len(SANITY_DOCS)]  # one list-wise pass over all candidates, never one per document
 
 
-def test_top_n_and_score_threshold(compressor):
+def test_top_n_and_min_relevance_score(compressor):
     docs = sanity_documents()
     full = compressor.compress_documents(docs, MOUNTAIN_Q)
     assert full[0].id == f"id{MOUNTAIN}"
@@ -151,10 +151,44 @@ def test_top_n_and_score_threshold(compressor):
     assert len(CoReRerank(top_n=50).compress_documents(docs[:4], MOUNTAIN_Q)) == 4  # larger than the list: all
 
     cut = (full[1].metadata["relevance_score"] + full[2].metadata["relevance_score"]) / 2
-    kept = CoReRerank(top_n=None, score_threshold=cut).compress_documents(docs, MOUNTAIN_Q)
+    kept = CoReRerank(top_n=None, min_relevance_score=cut).compress_documents(docs, MOUNTAIN_Q)
     assert [d.id for d in kept] == [d.id for d in full[:2]]  # filters on the reported relevance_score
     assert all(d.metadata["relevance_score"] >= cut for d in kept)
-    assert CoReRerank(score_threshold=1.01).compress_documents(docs, MOUNTAIN_Q) == []
+    # ...before top_n: top_n=1 keeps the best of those above the cut, a cut above every score keeps none.
+    assert [d.id for d in CoReRerank(top_n=1, min_relevance_score=cut).compress_documents(docs, MOUNTAIN_Q)] == [
+        full[0].id
+    ]
+    assert CoReRerank(min_relevance_score=1.01).compress_documents(docs, MOUNTAIN_Q) == []
+    with pytest.raises(ValidationError, match="min_relevance_score"):
+        CoReRerank(min_relevance_score=math.nan)  # a NaN cut would silently drop everything
+
+
+def test_score_threshold_is_a_deprecated_alias(compressor):
+    docs = sanity_documents()
+    full = compressor.compress_documents(docs, MOUNTAIN_Q)
+    cut = (full[1].metadata["relevance_score"] + full[2].metadata["relevance_score"]) / 2
+    with pytest.warns(DeprecationWarning, match="min_relevance_score") as caught:
+        old = CoReRerank(top_n=None, score_threshold=cut)
+    assert caught[0].filename == __file__  # the warning points at the caller, not at pydantic
+    assert old == CoReRerank(top_n=None, min_relevance_score=cut)
+    assert "score_threshold" not in old.model_dump()
+    assert [d.id for d in old.compress_documents(docs, MOUNTAIN_Q)] == [d.id for d in full[:2]]
+    with pytest.warns(DeprecationWarning):
+        assert CoReRerank.model_validate({"score_threshold": 0.25}).min_relevance_score == 0.25
+    with pytest.warns(DeprecationWarning):
+        assert old.score_threshold == cut
+    with pytest.warns(DeprecationWarning):
+        old.score_threshold = 0.5
+    assert old.min_relevance_score == 0.5
+    with pytest.raises(ValidationError, match="min_relevance_score only"):
+        CoReRerank(score_threshold=0.1, min_relevance_score=0.2)
+
+
+def test_field_descriptions_name_the_score_they_read():
+    fields = CoReRerank.model_fields
+    assert 'metadata["relevance_score"]' in fields["min_relevance_score"].description
+    assert "before ``top_n``" in fields["min_relevance_score"].description
+    assert fields["top_n"].description.startswith("Number of documents kept")
 
 
 @pytest.mark.parametrize("top_n", [0, -1])
@@ -219,7 +253,7 @@ def test_async_matches_sync_and_concurrent_matches_sequential(compressor):
 
 # ---------------------------------------------------------------- serialization
 def test_pydantic_round_trip():
-    c = CoReRerank(top_n=2, score_threshold=0.01, heads=[(5, 1), (9, 3)], dtype="float32", max_doc_tokens=128)
+    c = CoReRerank(top_n=2, min_relevance_score=0.01, heads=[(5, 1), (9, 3)], dtype="float32", max_doc_tokens=128)
     data = c.model_dump()
     assert data["heads"] == [(5, 1), (9, 3)] and data["top_n"] == 2
     assert CoReRerank(**data) == c

@@ -67,7 +67,7 @@ def test_namespace_package_layout():
 
     assert llama_index.core.__file__
     p = CoReRerank()
-    assert (p.model, p.top_n, p.score_threshold, p.keep_retrieval_score) == ("default", 3, None, False)
+    assert (p.model, p.top_n, p.min_relevance_score, p.keep_retrieval_score) == ("default", 3, None, False)
 
 
 # ---------------------------------------------------------------- postprocess_nodes
@@ -103,8 +103,45 @@ def test_top_n_threshold_and_retrieval_score(post):
 
     assert len(CoReRerank(top_n=50).postprocess_nodes(nodes[:4], query_str=MOUNTAIN_Q)) == 4
     cut = (full[1].score + full[2].score) / 2
-    above = CoReRerank(top_n=None, score_threshold=cut).postprocess_nodes(nodes, query_str=MOUNTAIN_Q)
-    assert [n.node.node_id for n in above] == [n.node.node_id for n in full[:2]]
+    above = CoReRerank(top_n=None, min_relevance_score=cut).postprocess_nodes(nodes, query_str=MOUNTAIN_Q)
+    assert [n.node.node_id for n in above] == [n.node.node_id for n in full[:2]]  # filters on NodeWithScore.score
+    best = CoReRerank(top_n=1, min_relevance_score=cut).postprocess_nodes(nodes, query_str=MOUNTAIN_Q)
+    assert [n.node.node_id for n in best] == [full[0].node.node_id]  # the filter applies before top_n
+    assert CoReRerank(min_relevance_score=1.01).postprocess_nodes(nodes, query_str=MOUNTAIN_Q) == []
+    with pytest.raises(ValidationError, match="min_relevance_score"):
+        CoReRerank(min_relevance_score=float("nan"))
+
+
+def test_score_threshold_is_a_deprecated_alias(post):
+    nodes = sanity_nodes()
+    full = post.postprocess_nodes(nodes, query_str=MOUNTAIN_Q)
+    cut = (full[1].score + full[2].score) / 2
+    with pytest.warns(DeprecationWarning, match="min_relevance_score") as caught:
+        old = CoReRerank(top_n=None, score_threshold=cut)
+    assert caught[0].filename == __file__  # the warning points at the caller, not at pydantic
+    assert old.to_dict() == CoReRerank(top_n=None, min_relevance_score=cut).to_dict()
+    assert "score_threshold" not in old.to_dict()
+    got = old.postprocess_nodes(nodes, query_str=MOUNTAIN_Q)
+    assert [n.node.node_id for n in got] == [n.node.node_id for n in full[:2]]
+    # A dict saved by an earlier version (to_dict() with score_threshold) still loads, with the warning.
+    saved = {**CoReRerank(top_n=2).to_dict(), "score_threshold": 0.25}
+    del saved["min_relevance_score"]
+    with pytest.warns(DeprecationWarning):
+        assert CoReRerank.from_dict(saved).min_relevance_score == 0.25
+    with pytest.warns(DeprecationWarning):
+        assert old.score_threshold == cut
+    with pytest.warns(DeprecationWarning):
+        old.score_threshold = 0.5
+    assert old.min_relevance_score == 0.5
+    with pytest.raises(ValidationError, match="min_relevance_score only"):
+        CoReRerank(score_threshold=0.1, min_relevance_score=0.2)
+
+
+def test_field_descriptions_name_the_score_they_read():
+    fields = CoReRerank.model_fields
+    assert "NodeWithScore.score" in fields["min_relevance_score"].description
+    assert "before top_n" in fields["min_relevance_score"].description
+    assert fields["top_n"].description.startswith("Number of nodes kept")
 
 
 def test_bad_input_the_llamaindex_way(post):
@@ -157,7 +194,7 @@ def test_async_path(post, rerank_events):
 
 # ---------------------------------------------------------------- serialization
 def test_to_dict_from_dict_round_trip():
-    p = CoReRerank(top_n=2, heads=[(5, 1), (9, 3)], dtype="float32", keep_retrieval_score=True, score_threshold=0.1)
+    p = CoReRerank(top_n=2, heads=[(5, 1), (9, 3)], dtype="float32", keep_retrieval_score=True, min_relevance_score=0.1)
     data = p.to_dict()
     assert data["class_name"] == "CoReRerank" and data["top_n"] == 2 and data["keep_retrieval_score"] is True
     again = CoReRerank.from_dict(data)

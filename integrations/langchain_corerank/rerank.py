@@ -10,13 +10,15 @@ The engine (and its model) is created on first use and shared process-wide with 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables.config import run_in_executor
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from core_rerank.registry import plain_setting, reranker_for
 
@@ -51,11 +53,41 @@ class CoReRerank(BaseDocumentCompressor):
     max_tokens: int | None = Field(default=None, ge=1)
     """Prompt budget per forward pass; longer lists are scored in several windows."""
     top_n: int | None = Field(default=3, ge=1)
-    """Number of documents to return (``None``: all). A list shorter than ``top_n`` is returned whole."""
-    score_threshold: float | None = None
-    """Drop documents whose ``relevance_score`` is below this value (applied before ``top_n``)."""
+    """Number of documents kept (``None``: all). A list shorter than ``top_n`` is returned whole."""
+    min_relevance_score: float | None = Field(default=None, allow_inf_nan=False)
+    """Drop documents whose ``metadata["relevance_score"]`` (the softmax share over this candidate list, in
+    [0, 1]) is below this value; applied before ``top_n``. ``None`` keeps all. (Formerly ``score_threshold``.)"""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_attribute_docstrings=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_score_threshold(cls, data: Any) -> Any:
+        # score_threshold: the deprecated name of min_relevance_score, accepted for one release.
+        if not isinstance(data, Mapping) or "score_threshold" not in data:
+            return data
+        if "min_relevance_score" in data:
+            raise ValueError("give min_relevance_score only: score_threshold is its deprecated name")
+        warnings.warn(
+            "CoReRerank(score_threshold=...) is deprecated: use min_relevance_score=... (same meaning: "
+            'a minimum metadata["relevance_score"])',
+            DeprecationWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+        data = dict(data)
+        data["min_relevance_score"] = data.pop("score_threshold")
+        return data
+
+    @property
+    def score_threshold(self) -> float | None:
+        """Deprecated name of ``min_relevance_score`` (readable and settable for one release)."""
+        warnings.warn(_THRESHOLD_RENAMED, DeprecationWarning, stacklevel=_caller_stacklevel())
+        return self.min_relevance_score
+
+    @score_threshold.setter
+    def score_threshold(self, value: float | None) -> None:
+        warnings.warn(_THRESHOLD_RENAMED, DeprecationWarning, stacklevel=_caller_stacklevel())
+        self.min_relevance_score = value
 
     @field_validator("model", "heads", "dtype", mode="before")
     @classmethod
@@ -99,7 +131,7 @@ class CoReRerank(BaseDocumentCompressor):
 
     def _select(self, documents: Sequence[Document], ranked: RankedResults) -> list[Document]:
         out: list[Document] = []
-        for result in ranked.select(self.top_n, self.score_threshold):
+        for result in ranked.select(self.top_n, self.min_relevance_score):
             original = documents[result.index]
             metadata = {
                 **original.metadata,
@@ -108,6 +140,18 @@ class CoReRerank(BaseDocumentCompressor):
             }
             out.append(original.model_copy(update={"metadata": metadata}))
         return out
+
+
+def _caller_stacklevel() -> int:
+    """``warnings.warn`` stacklevel of the first frame outside pydantic, LangChain and this package: the caller."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _FRAMEWORK_PACKAGES:
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+_FRAMEWORK_PACKAGES = frozenset({"pydantic", "langchain_core", "langchain_corerank"})
+_THRESHOLD_RENAMED = "CoReRerank.score_threshold is deprecated: use min_relevance_score"
 
 
 def _check_query(query: Any) -> None:
