@@ -23,6 +23,8 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_corerank import CoReRerank
 from pydantic import ValidationError
 
+from core_rerank.errors import CoreRerankError, InvalidInputError, InvalidInputTypeError
+
 FRUIT_Q, FRUIT = SANITY_QUERIES[1]  # "which fruit is high in potassium?" -> SANITY_DOCS[1]
 MOUNTAIN_Q, MOUNTAIN = SANITY_QUERIES[2]
 
@@ -199,10 +201,22 @@ def test_top_n_below_one_is_a_clear_error(top_n):
 
 def test_bad_input_the_langchain_way(compressor):
     assert compressor.compress_documents([], FRUIT_Q) == []
-    with pytest.raises(ValueError, match="query is empty"):
-        compressor.compress_documents(sanity_documents(), "  ")
-    with pytest.raises(TypeError, match="query must be a string"):
-        compressor.compress_documents(sanity_documents(), None)  # type: ignore[arg-type]
+    # The engine's typed errors, which are also the builtins a LangChain user catches.
+    for bad_query, error, message in [
+        ("  ", InvalidInputError, "query is empty"),
+        ("", InvalidInputError, "query is empty"),
+        (None, InvalidInputTypeError, "query must be a string"),
+        (b"bytes", InvalidInputTypeError, "query must be a string"),
+    ]:
+        for call in (
+            lambda q: compressor.compress_documents(sanity_documents(), q),
+            lambda q: asyncio.run(compressor.acompress_documents(sanity_documents(), q)),
+            lambda q: compressor.compress_documents([], q),  # checked even when there is nothing to rank
+        ):
+            with pytest.raises(error, match=message) as raised:
+                call(bad_query)
+            assert isinstance(raised.value, CoreRerankError)
+            assert isinstance(raised.value, TypeError if error is InvalidInputTypeError else ValueError)
     with pytest.raises(ValidationError):
         CoReRerank(top_k=3)  # unknown settings are refused, not ignored
 

@@ -18,6 +18,8 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 from llama_index.postprocessor.core_rerank import CoReRerank
 
+from core_rerank.errors import CoreRerankError, InvalidInputError, InvalidInputTypeError
+
 FRUIT_Q, FRUIT = SANITY_QUERIES[1]
 MOUNTAIN_Q, MOUNTAIN = SANITY_QUERIES[2]
 
@@ -145,12 +147,20 @@ def test_field_descriptions_name_the_score_they_read():
 
 
 def test_bad_input_the_llamaindex_way(post):
-    with pytest.raises(ValueError, match="needs a query"):
-        post.postprocess_nodes(sanity_nodes())
-    with pytest.raises(ValueError, match="needs a query"):
-        post.postprocess_nodes([])
-    with pytest.raises(ValueError, match="query is empty"):
-        post.postprocess_nodes(sanity_nodes(), query_str=" ")
+    # The engine's typed errors (CoreRerankError subclasses, and the builtins a LlamaIndex user catches).
+    for nodes in (sanity_nodes(), []):  # checked even when there is nothing to rank
+        with pytest.raises(InvalidInputError, match="needs a query"):
+            post.postprocess_nodes(nodes)  # query_bundle is None
+        with pytest.raises(InvalidInputError, match="needs a query"):
+            asyncio.run(post.apostprocess_nodes(nodes))
+        with pytest.raises(InvalidInputError, match="query is empty"):
+            post.postprocess_nodes(nodes, query_str=" ")
+        with pytest.raises(InvalidInputError, match="query is empty"):
+            asyncio.run(post.apostprocess_nodes(nodes, query_bundle=QueryBundle("")))
+        with pytest.raises(InvalidInputTypeError, match="query must be a string"):
+            post.postprocess_nodes(nodes, query_bundle=QueryBundle(query_str=42))  # type: ignore[arg-type]
+    assert issubclass(InvalidInputError, CoreRerankError) and issubclass(InvalidInputError, ValueError)
+    assert issubclass(InvalidInputTypeError, InvalidInputError) and issubclass(InvalidInputTypeError, TypeError)
     assert post.postprocess_nodes([], query_str=FRUIT_Q) == []
     for top_n in (0, -2):
         with pytest.raises(ValidationError, match="top_n"):
@@ -188,7 +198,7 @@ def test_async_path(post, rerank_events):
         assert [n.score for n in got] == pytest.approx([n.score for n in want], abs=1e-6)
     assert sum(isinstance(e, ReRankEndEvent) for e in rerank_events) == len(queries)
     assert asyncio.run(post.apostprocess_nodes([], query_str=FRUIT_Q)) == []
-    with pytest.raises(ValueError, match="needs a query"):
+    with pytest.raises(InvalidInputError, match="needs a query"):
         asyncio.run(post.apostprocess_nodes(nodes))
 
 

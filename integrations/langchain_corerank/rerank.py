@@ -20,6 +20,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from core_rerank.inputs import check_query
 from core_rerank.registry import plain_setting, reranker_for
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class CoReRerank(BaseDocumentCompressor):
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Copies of ``documents`` sorted by relevance to ``query`` (best first), cut to ``top_n``."""
-        _check_query(query)
+        check_query(query)  # InvalidInputError (a ValueError) / InvalidInputTypeError (a TypeError)
         if not documents:
             return []
         ranked = self.engine.rank(query, [doc.page_content for doc in documents])
@@ -122,7 +123,7 @@ class CoReRerank(BaseDocumentCompressor):
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Async ``compress_documents``: model loading and scoring run in a worker thread, never on the loop."""
-        _check_query(query)
+        check_query(query)
         if not documents:
             return []
         texts = [doc.page_content for doc in documents]
@@ -152,10 +153,3 @@ def _caller_stacklevel() -> int:
 
 _FRAMEWORK_PACKAGES = frozenset({"pydantic", "langchain_core", "langchain_corerank"})
 _THRESHOLD_RENAMED = "CoReRerank.score_threshold is deprecated: use min_relevance_score"
-
-
-def _check_query(query: Any) -> None:
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a string, got {type(query).__name__}")
-    if not query.strip():
-        raise ValueError("query is empty: CoReRerank needs a non-empty query to rank documents against")

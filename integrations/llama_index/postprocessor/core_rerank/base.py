@@ -22,6 +22,8 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
+from core_rerank.errors import InvalidInputError
+from core_rerank.inputs import check_query
 from core_rerank.registry import plain_setting, reranker_for
 
 if TYPE_CHECKING:
@@ -185,14 +187,14 @@ _THRESHOLD_RENAMED = "CoReRerank.score_threshold is deprecated: use min_relevanc
 
 
 def _query_str(query_bundle: QueryBundle | None) -> str:
+    """The query to rank against: ``InvalidInputError`` (a ``ValueError``) without one or for a blank one,
+    ``InvalidInputTypeError`` (a ``TypeError``) for a non-string one."""
     if query_bundle is None:
-        raise ValueError(
+        raise InvalidInputError(
             "CoReRerank needs a query: call postprocess_nodes(nodes, query_str=...) or pass a query_bundle"
         )
-    query = query_bundle.query_str
-    if not isinstance(query, str) or not query.strip():
-        raise ValueError("query is empty: CoReRerank needs a non-empty query to rank nodes against")
-    return query
+    check_query(query_bundle.query_str)
+    return query_bundle.query_str
 
 
 def _texts(nodes: list[NodeWithScore]) -> list[str]:
