@@ -225,8 +225,32 @@ def test_bad_input_the_langchain_way(compressor):
     assert len(out) == 5
     assert out[0].page_content == SANITY_DOCS[FRUIT]
     assert [d.page_content.strip() for d in out[-2:]] == ["", ""]  # empty documents rank last, scored 0
-    assert all(d.metadata["relevance_score"] == 0.0 and d.metadata["core_rerank_score"] == -math.inf for d in out[-2:])
+    assert all(d.metadata["relevance_score"] == 0.0 and d.metadata["core_rerank_score"] is None for d in out[-2:])
     assert out[-1].metadata.get("x") == 1 or out[-2].metadata.get("x") == 1
+
+
+def test_metadata_is_valid_json_with_empty_documents(compressor, default_rr):
+    docs = sanity_documents()
+    docs = [*docs[:3], Document(page_content="", id="empty"), docs[3], Document(page_content=" \n\t ", id="blank")]
+    texts = [d.page_content for d in docs]
+    expected = default_rr.rank(FRUIT_Q, texts)
+    assert [r.score for r in expected[-2:]] == [-math.inf, -math.inf]  # the engine's raw score of an empty text
+
+    for out in (
+        compressor.compress_documents(docs, FRUIT_Q),
+        asyncio.run(compressor.acompress_documents(docs, FRUIT_Q)),
+    ):
+        assert [d.id for d in out] == [docs[i].id for i in expected.indices]
+        assert {d.id for d in out[-2:]} == {"empty", "blank"}
+        for d, r in zip(out, expected):
+            encoded = json.dumps(d.metadata, allow_nan=False)  # no -inf / NaN: strict JSON parsers accept it
+            assert json.loads(encoded) == d.metadata
+            assert (d.metadata["core_rerank_score"] is None) == (r.json_score is None)
+        assert all(d.metadata["core_rerank_score"] is None and d.metadata["relevance_score"] == 0.0 for d in out[-2:])
+        real = out[:-2]
+        assert all(math.isfinite(d.metadata["core_rerank_score"]) for d in real)
+        assert [d.metadata["core_rerank_score"] for d in real] == pytest.approx([r.score for r in expected[:-2]])
+        assert real[0].page_content == SANITY_DOCS[FRUIT]
 
 
 # ---------------------------------------------------------------- async

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from pathlib import Path
 
 import llama_index.postprocessor.core_rerank as li_pkg
@@ -170,6 +171,28 @@ def test_bad_input_the_llamaindex_way(post):
     out = post.postprocess_nodes(empty + sanity_nodes()[:3], query_str=FRUIT_Q)
     assert next(n.node.node_id for n in out) == f"n{FRUIT}"
     assert out[-1].node.node_id == "empty" and out[-1].score == 0.0  # a node without text ranks last
+
+
+def test_scores_and_metadata_are_valid_json_with_empty_nodes(post):
+    nodes = sanity_nodes()
+    empties = [
+        NodeWithScore(node=TextNode(text="", id_="empty"), score=0.5),
+        NodeWithScore(node=TextNode(text=" \n\t ", id_="blank"), score=0.4),
+    ]
+    candidates = [*nodes[:3], empties[0], nodes[3], empties[1]]
+    keep = CoReRerank(top_n=None, keep_retrieval_score=True)
+    for out in (
+        keep.postprocess_nodes(candidates, query_str=FRUIT_Q),
+        asyncio.run(keep.apostprocess_nodes(candidates, query_str=FRUIT_Q)),
+    ):
+        assert out[0].node.node_id == f"n{FRUIT}"
+        assert {n.node.node_id for n in out[-2:]} == {"empty", "blank"} and [n.score for n in out[-2:]] == [0.0, 0.0]
+        for n in out:
+            # Every score the wrapper returns or stores is finite: no -inf reaches a JSON encoder.
+            json.dumps({"score": n.score, "metadata": n.node.metadata}, allow_nan=False)
+            assert 0.0 <= n.score <= 1.0
+        assert [n.node.metadata["retrieval_score"] for n in out[-2:]] in ([0.5, 0.4], [0.4, 0.5])
+        assert json.loads(out[-1].to_json())["score"] == 0.0
 
 
 def test_rerank_events(post, rerank_events):

@@ -34,8 +34,9 @@ class CoReRerank(BaseDocumentCompressor):
 
     One list-wise forward pass scores all candidates together. Returned documents are copies, best
     first, with ``metadata["relevance_score"]`` (the softmax of the scores over this candidate list:
-    in [0, 1], summing to 1 over the candidates) and ``metadata["core_rerank_score"]`` (the raw
-    calibrated attention score: unbounded, higher is more relevant, ``-inf`` for an empty document).
+    in [0, 1], summing to 1 over the candidates; 0 for an empty document) and ``metadata["core_rerank_score"]``
+    (the raw calibrated attention score: unbounded, higher is more relevant; ``None`` for an empty document,
+    which ranks last). Metadata stays valid JSON: ``json.dumps(doc.metadata, allow_nan=False)`` works.
     """
 
     model: str = "default"
@@ -137,7 +138,7 @@ class CoReRerank(BaseDocumentCompressor):
             metadata = {
                 **original.metadata,
                 "relevance_score": result.normalized_score,
-                "core_rerank_score": result.score,
+                "core_rerank_score": result.json_score,  # None, not -inf, for an empty document
             }
             out.append(original.model_copy(update={"metadata": metadata}))
         return out
