@@ -19,6 +19,7 @@ from .errors import InvalidInputError, InvalidInputTypeError, TooManyDocumentsEr
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_MAX_DOCUMENTS",
     "check_documents",
     "check_query",
     "check_threshold",
@@ -26,6 +27,10 @@ __all__ = [
     "document_text",
     "plain_text",
 ]
+
+DEFAULT_MAX_DOCUMENTS = 1000
+"""Default limit on documents per call: a guard against re-ranking a whole corpus by mistake.
+(``core_rerank.reranker.DEFAULT_MAX_DOCUMENTS`` is the same constant.)"""
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

@@ -14,7 +14,14 @@ from . import scoring
 from .errors import ContextLengthError, InvalidInputError, InvalidInputTypeError
 from .head_signal import HeadSignals, head_signals
 from .heads import HeadList, HeadSpec, resolve_head_list
-from .inputs import check_documents, check_query, check_threshold, check_top_n, document_text
+from .inputs import (  # DEFAULT_MAX_DOCUMENTS lives there, importable without torch (framework wrappers use it)
+    DEFAULT_MAX_DOCUMENTS,
+    check_documents,
+    check_query,
+    check_threshold,
+    check_top_n,
+    document_text,
+)
 from .loading import LoadedModel, load_model, read_shape, resolve_device, resolve_dtype, resolve_quantization
 from .prompt import (
     NULL_QUERY,
@@ -38,8 +45,6 @@ Document = str | Mapping[str, Any]
 DEFAULT_MAX_TOKENS = 8192
 """Default prompt budget per forward pass (capped by the model's context). 20 documents of 400 tokens fit
 one prompt; past it, CPU time per token grows with length (docs/benchmarks.md, "Prompt length")."""
-DEFAULT_MAX_DOCUMENTS = 1000
-"""Default limit on documents per call: a guard against re-ranking a whole corpus by mistake."""
 _PROGRESS_WINDOWS = 3  # show_progress_bar=None shows a bar for calls of at least this many windows
 
 

@@ -5,7 +5,8 @@
 
 Runs offline: MiniLM embeddings from PyPI, core-rerank's embedded default re-ranker, and
 ``FakeListChatModel`` standing in for a real chat model (swap in ChatOpenAI, ChatOllama, ...).
-The embedded default is a 135M model made for offline use; pass ``model=`` for a bigger one.
+The embedded default is a 135M model made for offline use; pass ``model=`` for a bigger one (a Hugging
+Face id loads from the local cache, or is downloaded first when online).
 """
 
 from __future__ import annotations

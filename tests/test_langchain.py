@@ -106,6 +106,50 @@ def test_engine_is_lazy_and_shares_the_default_model(default_rr):
     assert d.engine.max_doc_tokens == 32
 
 
+def test_engine_settings_include_max_documents():
+    from core_rerank.errors import TooManyDocumentsError
+    from core_rerank.registry import ENGINE_SETTINGS
+    from core_rerank.reranker import DEFAULT_MAX_DOCUMENTS
+
+    assert set(ENGINE_SETTINGS) <= set(CoReRerank.model_fields) and "max_documents" in ENGINE_SETTINGS
+    assert CoReRerank().max_documents == DEFAULT_MAX_DOCUMENTS == CoReRerank().engine.max_documents
+    docs = sanity_documents()
+    capped = CoReRerank(max_documents=3, top_n=None)
+    assert capped.engine.max_documents == 3
+    assert len(capped.compress_documents(docs[:3], FRUIT_Q)) == 3
+    with pytest.raises(TooManyDocumentsError, match="max_documents=3"):
+        capped.compress_documents(docs, FRUIT_Q)
+    with pytest.raises(TooManyDocumentsError):
+        asyncio.run(capped.acompress_documents(docs, FRUIT_Q))
+    unlimited = CoReRerank(max_documents=None, top_n=None)
+    assert unlimited.engine.max_documents is None
+    assert len(unlimited.compress_documents(docs, FRUIT_Q)) == len(docs)
+    assert CoReRerank(**capped.model_dump()) == capped and capped.model_dump()["max_documents"] == 3
+    for bad in (0, -5):
+        with pytest.raises(ValidationError, match="max_documents"):
+            CoReRerank(max_documents=bad)
+
+
+def test_setting_docs_say_what_loads_and_which_dtype():
+    fields = CoReRerank.model_fields
+    model = " ".join(fields["model"].description.split())
+    assert "never needs the network" in model and "a packaged model name" in model
+    assert "downloaded first when online" in model and "``HF_HUB_OFFLINE=1`` forbids downloads" in model
+    assert "Nothing is downloaded" not in model
+    dtype = " ".join(fields["dtype"].description.split())
+    assert "CPUs with native bf16" in dtype and "float32 on other CPUs" in dtype
+    assert "None`` means bfloat16" not in dtype
+    assert "TooManyDocumentsError" in fields["max_documents"].description
+
+
+def test_import_stays_light():
+    # The engine's heavy modules load on first use, not when the integration is imported.
+    script = "import sys, langchain_corerank; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["[]"]
+
+
 # ---------------------------------------------------------------- compress_documents
 def test_compress_sorts_copies_and_keeps_metadata(compressor, default_rr):
     docs = sanity_documents()

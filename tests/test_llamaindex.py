@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import llama_index.postprocessor.core_rerank as li_pkg
@@ -71,6 +73,52 @@ def test_namespace_package_layout():
     assert llama_index.core.__file__
     p = CoReRerank()
     assert (p.model, p.top_n, p.min_relevance_score, p.keep_retrieval_score) == ("default", 3, None, False)
+
+
+def test_max_documents_setting():
+    from core_rerank.errors import TooManyDocumentsError
+    from core_rerank.registry import ENGINE_SETTINGS
+    from core_rerank.reranker import DEFAULT_MAX_DOCUMENTS
+
+    assert set(ENGINE_SETTINGS) <= set(CoReRerank.model_fields)
+    assert CoReRerank().max_documents == DEFAULT_MAX_DOCUMENTS == CoReRerank().engine.max_documents
+    nodes = sanity_nodes()
+    capped = CoReRerank(max_documents=3, top_n=None)
+    assert capped.engine.max_documents == 3
+    assert len(capped.postprocess_nodes(nodes[:3], query_str=FRUIT_Q)) == 3
+    with pytest.raises(TooManyDocumentsError, match="max_documents=3"):
+        capped.postprocess_nodes(nodes, query_str=FRUIT_Q)
+    with pytest.raises(TooManyDocumentsError):
+        asyncio.run(capped.apostprocess_nodes(nodes, query_str=FRUIT_Q))
+    unlimited = CoReRerank(max_documents=None, top_n=None)
+    assert unlimited.engine.max_documents is None
+    assert len(unlimited.postprocess_nodes(nodes, query_str=FRUIT_Q)) == len(nodes)
+    assert CoReRerank.from_dict(capped.to_dict()).max_documents == 3
+    for bad in (0, -5):
+        with pytest.raises(ValidationError, match="max_documents"):
+            CoReRerank(max_documents=bad)
+
+
+def test_setting_docs_say_what_loads_and_which_dtype():
+    fields = CoReRerank.model_fields
+    model = fields["model"].description
+    assert "never needs the network" in model and "a packaged model name" in model
+    assert "downloaded first when online" in model and "HF_HUB_OFFLINE=1 forbids downloads" in model
+    assert "Nothing is downloaded" not in model
+    dtype = fields["dtype"].description
+    assert "CPUs with native bf16" in dtype and "float32 on other CPUs" in dtype
+    assert "TooManyDocumentsError" in fields["max_documents"].description
+
+
+def test_import_stays_light():
+    # The engine's heavy modules load on first use, not when the integration is imported.
+    script = (
+        "import sys; from llama_index.postprocessor.core_rerank import CoReRerank; "
+        "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["[]"]
 
 
 # ---------------------------------------------------------------- postprocess_nodes

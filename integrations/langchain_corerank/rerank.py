@@ -20,7 +20,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from core_rerank.inputs import check_query
+from core_rerank.inputs import DEFAULT_MAX_DOCUMENTS, check_query
 from core_rerank.registry import plain_setting, reranker_for
 
 if TYPE_CHECKING:
@@ -40,20 +40,25 @@ class CoReRerank(BaseDocumentCompressor):
     """
 
     model: str = "default"
-    """``"default"`` (the embedded SmolLM2-135M-Instruct), a local directory, a ``.gguf`` file or a
-    Hugging Face id already in the local cache. Nothing is downloaded."""
+    """``"default"`` (the embedded SmolLM2-135M-Instruct, never needs the network), a packaged model name, a local
+    directory, a ``.gguf`` file, or a Hugging Face id (loaded as transformers does: from the local cache,
+    downloaded first when online; ``HF_HUB_OFFLINE=1`` forbids downloads)."""
     heads: str | list[tuple[int, int] | str] | None = None
     """``None``: the head list bundled for the model; ``"all"``; a head-list JSON path; or ``[(layer, head), ...]``."""
     quantization: Literal["auto", "4bit", "8bit"] | None = "auto"
     """``"auto"`` (4-bit for 1B+ models on CUDA, dense elsewhere), ``None`` (dense), ``"4bit"`` or ``"8bit"``."""
     dtype: str | None = None
-    """Compute dtype (``"bfloat16"``, ``"float32"``, ...); ``None`` means bfloat16."""
+    """Compute dtype (``"bfloat16"``, ``"float32"``, ...). ``None`` picks per device: bfloat16 on CUDA GPUs with
+    bf16 (else float16) and on CPUs with native bf16, float32 on other CPUs."""
     device: str | None = None
     """``None`` picks CUDA when available, else CPU."""
     max_doc_tokens: int = Field(default=400, ge=1)
     """Per-document token budget; longer documents are cut before scoring."""
     max_tokens: int | None = Field(default=None, ge=1)
     """Prompt budget per forward pass; longer lists are scored in several windows."""
+    max_documents: int | None = Field(default=DEFAULT_MAX_DOCUMENTS, ge=1)
+    """Most documents one call takes (``None``: no limit); more raise ``core_rerank.TooManyDocumentsError``
+    (an ``InvalidInputError``): a guard against re-ranking a whole corpus by mistake."""
     top_n: int | None = Field(default=3, ge=1)
     """Number of documents kept (``None``: all). A list shorter than ``top_n`` is returned whole."""
     min_relevance_score: float | None = Field(default=None, allow_inf_nan=False)

@@ -23,7 +23,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from core_rerank.errors import InvalidInputError
-from core_rerank.inputs import check_query
+from core_rerank.inputs import DEFAULT_MAX_DOCUMENTS, check_query
 from core_rerank.registry import plain_setting, reranker_for
 
 if TYPE_CHECKING:
@@ -44,8 +44,9 @@ class CoReRerank(BaseNodePostprocessor):
 
     model: str = Field(
         default="default",
-        description="'default' (the embedded SmolLM2-135M-Instruct), a local directory, a .gguf file or a "
-        "Hugging Face id already in the local cache. Nothing is downloaded.",
+        description="'default' (the embedded SmolLM2-135M-Instruct, never needs the network), a packaged model "
+        "name, a local directory, a .gguf file, or a Hugging Face id (loaded as transformers does: from the local "
+        "cache, downloaded first when online; HF_HUB_OFFLINE=1 forbids downloads).",
     )
     heads: str | list[tuple[int, int] | str] | None = Field(
         default=None,
@@ -55,10 +56,20 @@ class CoReRerank(BaseNodePostprocessor):
     quantization: Literal["auto", "4bit", "8bit"] | None = Field(
         default="auto", description="'auto' (4-bit for 1B+ models on CUDA, else dense), None, '4bit' or '8bit'."
     )
-    dtype: str | None = Field(default=None, description="Compute dtype ('bfloat16', 'float32', ...); None: bfloat16.")
+    dtype: str | None = Field(
+        default=None,
+        description="Compute dtype ('bfloat16', 'float32', ...). None picks per device: bfloat16 on CUDA GPUs with "
+        "bf16 (else float16) and on CPUs with native bf16, float32 on other CPUs.",
+    )
     device: str | None = Field(default=None, description="None picks CUDA when available, else CPU.")
     max_doc_tokens: int = Field(default=400, ge=1, description="Per-document token budget.")
     max_tokens: int | None = Field(default=None, ge=1, description="Prompt budget per forward pass.")
+    max_documents: int | None = Field(
+        default=DEFAULT_MAX_DOCUMENTS,
+        ge=1,
+        description="Most nodes one call takes (None: no limit); more raise core_rerank.TooManyDocumentsError "
+        "(an InvalidInputError): a guard against re-ranking a whole corpus by mistake.",
+    )
     top_n: int | None = Field(default=3, ge=1, description="Number of nodes kept (None: all).")
     min_relevance_score: float | None = Field(
         default=None,
