@@ -8,6 +8,7 @@ import copy
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import llama_index.postprocessor.core_rerank as li_pkg
@@ -254,20 +255,44 @@ def test_rerank_events(post, rerank_events):
     assert end.nodes[0].score == out[0].score
 
 
+CONCURRENT_CALLS = 32
+
+
 def test_async_path(post, rerank_events):
     nodes = sanity_nodes()
-    queries = [q for q, _ in SANITY_QUERIES[:3]]
-    sequential = [post.postprocess_nodes(nodes, query_str=q) for q in queries]
+    queries = [q for q, _ in SANITY_QUERIES[:4]]
+    sequential = {q: post.postprocess_nodes(nodes, query_str=q) for q in queries}
+    assert len({tuple(n.node.node_id for n in out) for out in sequential.values()}) == len(queries)  # distinct
+    calls = [queries[i % len(queries)] for i in range(CONCURRENT_CALLS)]
     del rerank_events[:]
 
-    async def run():
-        return await asyncio.gather(*(post.apostprocess_nodes(nodes, query_str=q) for q in queries))
+    engine = post.engine
+    scoring_threads: set[int] = set()
+    real_rank = engine.rank
 
-    concurrent = asyncio.run(run())
-    for got, want in zip(concurrent, sequential):
-        assert [n.node.node_id for n in got] == [n.node.node_id for n in want]
-        assert [n.score for n in got] == pytest.approx([n.score for n in want], abs=1e-6)
-    assert sum(isinstance(e, ReRankEndEvent) for e in rerank_events) == len(queries)
+    def rank_and_note_thread(*args, **kwargs):
+        scoring_threads.add(threading.get_ident())
+        return real_rank(*args, **kwargs)
+
+    async def run():
+        loop_thread = threading.get_ident()
+        results = await asyncio.gather(*(post.apostprocess_nodes(nodes, query_str=q) for q in calls))
+        return results, loop_thread
+
+    engine.rank = rank_and_note_thread  # instance attribute: the shared engine is restored below
+    try:
+        concurrent, loop_thread = asyncio.run(run())
+    finally:
+        del engine.rank
+    assert len(concurrent) == CONCURRENT_CALLS
+    for q, got in zip(calls, concurrent):
+        want = sequential[q]
+        # Exactly the sequential result: the same nodes in the same order, with the same scores.
+        assert [(n.node.node_id, n.score) for n in got] == [(n.node.node_id, n.score) for n in want]
+        assert all(g.node is w.node for g, w in zip(got, want))
+    # The event loop never scored: every call ran in a worker thread.
+    assert scoring_threads and loop_thread not in scoring_threads
+    assert sum(isinstance(e, ReRankEndEvent) for e in rerank_events) == CONCURRENT_CALLS
     assert asyncio.run(post.apostprocess_nodes([], query_str=FRUIT_Q)) == []
     with pytest.raises(InvalidInputError, match="needs a query"):
         asyncio.run(post.apostprocess_nodes(nodes))
