@@ -36,7 +36,7 @@ class CoReRerank(BaseDocumentCompressor):
     first, with ``metadata["relevance_score"]`` (the softmax of the scores over this candidate list:
     in [0, 1], summing to 1 over the candidates; 0 for an empty document) and ``metadata["core_rerank_score"]``
     (the raw calibrated attention score: unbounded, higher is more relevant; ``None`` for an empty document,
-    which ranks last). Metadata stays valid JSON: ``json.dumps(doc.metadata, allow_nan=False)`` works.
+    which ranks last). Both are valid JSON (never ``-inf`` or NaN), so metadata that was JSON stays JSON.
     """
 
     model: str = "default"
