@@ -21,7 +21,16 @@ if TYPE_CHECKING:
 
 __all__ = ["ENGINE_SETTINGS", "clear_cache", "plain_setting", "reranker_for", "shared_reranker"]
 
-ENGINE_SETTINGS = ("model", "heads", "quantization", "dtype", "device", "max_doc_tokens", "max_tokens")
+ENGINE_SETTINGS = (
+    "model",
+    "heads",
+    "quantization",
+    "dtype",
+    "device",
+    "max_doc_tokens",
+    "max_tokens",
+    "max_documents",
+)
 """The ``Reranker`` arguments a framework wrapper exposes as its own fields."""
 
 _rerankers: OncePerKey[Reranker] = OncePerKey()

@@ -26,7 +26,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.prompts import PromptTemplate
 from langchain_core.tools import create_retriever_tool
 from langchain_core.vectorstores import InMemoryVectorStore
-from langchain_core_rerank import CoReRerank
+from langchain_corerank import CoReRerank
 
 QUESTIONS = ["How do I upload a file to a remote server?", "How do I stop a process that hangs?"]
 FIRST_STAGE_K = 6

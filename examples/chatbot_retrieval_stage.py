@@ -20,7 +20,7 @@ from langchain_core.language_models import FakeListChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.vectorstores import InMemoryVectorStore
-from langchain_core_rerank import CoReRerank
+from langchain_corerank import CoReRerank
 
 TURNS = [
     "my disk is full, how do I check free space?",

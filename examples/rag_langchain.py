@@ -5,7 +5,8 @@
 
 Runs offline: MiniLM embeddings from PyPI, core-rerank's embedded default re-ranker, and
 ``FakeListChatModel`` standing in for a real chat model (swap in ChatOpenAI, ChatOllama, ...).
-The embedded default is a 135M model made for offline use; pass ``model=`` for a bigger one.
+The embedded default is a 135M model made for offline use; pass ``model=`` for a bigger one (a Hugging
+Face id loads from the local cache, or is downloaded first when online).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableParallel, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
-from langchain_core_rerank import CoReRerank
+from langchain_corerank import CoReRerank
 
 QUESTIONS = [
     "How do I see which folders take up the most disk space?",

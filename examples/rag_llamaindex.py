@@ -6,7 +6,8 @@
 Runs offline: MiniLM embeddings from PyPI, core-rerank's embedded default re-ranker, and ``MockLLM``
 standing in for a real LLM (it echoes its prompt). The first-stage order is read from the
 ``ReRankStartEvent`` the postprocessor emits through LlamaIndex's instrumentation dispatcher.
-The embedded default is a 135M model made for offline use; pass ``model=`` for a bigger one.
+The embedded default is a 135M model made for offline use; pass ``model=`` for a bigger one (a Hugging
+Face id loads from the local cache, or is downloaded first when online).
 """
 
 from __future__ import annotations

@@ -1,21 +1,29 @@
-"""LangChain integration: ``langchain_core_rerank.CoReRerank`` on the real default model and real LangChain."""
+"""LangChain integration: ``langchain_corerank.CoReRerank`` on the real default model and real LangChain."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import importlib
+import json
 import math
 import pickle
+import subprocess
+import sys
+import textwrap
 import threading
+import warnings
 from pathlib import Path
 
-import langchain_core_rerank
+import langchain_corerank
 import pytest
 from conftest import SANITY_DOCS, SANITY_QUERIES, SCIFACT_QUERIES, minilm_dir, scifact_subset
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import BaseDocumentCompressor, Document
-from langchain_core_rerank import CoReRerank
+from langchain_corerank import CoReRerank
 from pydantic import ValidationError
+
+from core_rerank.errors import CoreRerankError, InvalidInputError, InvalidInputTypeError
 
 FRUIT_Q, FRUIT = SANITY_QUERIES[1]  # "which fruit is high in potassium?" -> SANITY_DOCS[1]
 MOUNTAIN_Q, MOUNTAIN = SANITY_QUERIES[2]
@@ -35,11 +43,48 @@ def compressor() -> CoReRerank:
 
 # ---------------------------------------------------------------- package and class
 def test_package_surface():
-    assert langchain_core_rerank.__all__ == ["CoReRerank"]
+    assert langchain_corerank.__all__ == ["CoReRerank"]
     assert issubclass(CoReRerank, BaseDocumentCompressor)
-    assert (Path(langchain_core_rerank.__file__).parent / "py.typed").is_file()
+    assert (Path(langchain_corerank.__file__).parent / "py.typed").is_file()
     c = CoReRerank()
-    assert (c.model, c.top_n, c.score_threshold, c.heads, c.max_doc_tokens) == ("default", 3, None, None, 400)
+    assert (c.model, c.top_n, c.min_relevance_score, c.heads, c.max_doc_tokens) == ("default", 3, None, None, 400)
+
+
+def test_deprecated_import_name_is_an_alias_that_warns():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import langchain_core_rerank
+    # reload: the first import in this process may have happened elsewhere; the warning comes on every load.
+    with pytest.warns(DeprecationWarning, match=r"from langchain_corerank import CoReRerank"):
+        importlib.reload(langchain_core_rerank)
+    assert langchain_core_rerank.CoReRerank is CoReRerank is langchain_corerank.CoReRerank
+    assert langchain_core_rerank.__all__ == ["CoReRerank"]
+
+
+def test_deprecated_import_warns_in_a_fresh_interpreter():
+    script = textwrap.dedent(
+        """
+        import json, warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import langchain_corerank
+            new = [str(w.message) for w in caught if "langchain_core" in str(w.message)]
+            from langchain_core_rerank import CoReRerank
+            from langchain_core_rerank.rerank import CoReRerank as FromModule
+        old = [(w.category.__name__, str(w.message), w.filename) for w in caught if "core_rerank" in str(w.message)]
+        same = CoReRerank is FromModule is langchain_corerank.CoReRerank
+        print(json.dumps({"new": new, "old": old, "same": same}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["new"] == []  # the new name imports without a warning
+    assert got["same"] is True
+    (old,) = got["old"]  # exactly one warning, for the old name, pointing at the importing code
+    category, message, filename = old
+    assert category == "DeprecationWarning" and "from langchain_corerank import CoReRerank" in message
+    assert filename == "<string>"
 
 
 def test_engine_is_lazy_and_shares_the_default_model(default_rr):
@@ -59,6 +104,50 @@ def test_engine_is_lazy_and_shares_the_default_model(default_rr):
     assert shorter.engine.loaded_model is d.engine.loaded_model
     d.max_doc_tokens = 32  # changing a setting changes the engine on next use
     assert d.engine.max_doc_tokens == 32
+
+
+def test_engine_settings_include_max_documents():
+    from core_rerank.errors import TooManyDocumentsError
+    from core_rerank.registry import ENGINE_SETTINGS
+    from core_rerank.reranker import DEFAULT_MAX_DOCUMENTS
+
+    assert set(ENGINE_SETTINGS) <= set(CoReRerank.model_fields) and "max_documents" in ENGINE_SETTINGS
+    assert CoReRerank().max_documents == DEFAULT_MAX_DOCUMENTS == CoReRerank().engine.max_documents
+    docs = sanity_documents()
+    capped = CoReRerank(max_documents=3, top_n=None)
+    assert capped.engine.max_documents == 3
+    assert len(capped.compress_documents(docs[:3], FRUIT_Q)) == 3
+    with pytest.raises(TooManyDocumentsError, match="max_documents=3"):
+        capped.compress_documents(docs, FRUIT_Q)
+    with pytest.raises(TooManyDocumentsError):
+        asyncio.run(capped.acompress_documents(docs, FRUIT_Q))
+    unlimited = CoReRerank(max_documents=None, top_n=None)
+    assert unlimited.engine.max_documents is None
+    assert len(unlimited.compress_documents(docs, FRUIT_Q)) == len(docs)
+    assert CoReRerank(**capped.model_dump()) == capped and capped.model_dump()["max_documents"] == 3
+    for bad in (0, -5):
+        with pytest.raises(ValidationError, match="max_documents"):
+            CoReRerank(max_documents=bad)
+
+
+def test_setting_docs_say_what_loads_and_which_dtype():
+    fields = CoReRerank.model_fields
+    model = " ".join(fields["model"].description.split())
+    assert "never needs the network" in model and "a packaged model name" in model
+    assert "downloaded first when online" in model and "``HF_HUB_OFFLINE=1`` forbids downloads" in model
+    assert "Nothing is downloaded" not in model
+    dtype = " ".join(fields["dtype"].description.split())
+    assert "CPUs with native bf16" in dtype and "float32 on other CPUs" in dtype
+    assert "None`` means bfloat16" not in dtype
+    assert "TooManyDocumentsError" in fields["max_documents"].description
+
+
+def test_import_stays_light():
+    # The engine's heavy modules load on first use, not when the integration is imported.
+    script = "import sys, langchain_corerank; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["[]"]
 
 
 # ---------------------------------------------------------------- compress_documents
@@ -100,7 +189,7 @@ def test_one_engine_call_per_compress(compressor, monkeypatch):
     assert calls == [len(SANITY_DOCS)]  # one list-wise pass over all candidates, never one per document
 
 
-def test_top_n_and_score_threshold(compressor):
+def test_top_n_and_min_relevance_score(compressor):
     docs = sanity_documents()
     full = compressor.compress_documents(docs, MOUNTAIN_Q)
     assert full[0].id == f"id{MOUNTAIN}"
@@ -108,10 +197,44 @@ def test_top_n_and_score_threshold(compressor):
     assert len(CoReRerank(top_n=50).compress_documents(docs[:4], MOUNTAIN_Q)) == 4  # larger than the list: all
 
     cut = (full[1].metadata["relevance_score"] + full[2].metadata["relevance_score"]) / 2
-    kept = CoReRerank(top_n=None, score_threshold=cut).compress_documents(docs, MOUNTAIN_Q)
+    kept = CoReRerank(top_n=None, min_relevance_score=cut).compress_documents(docs, MOUNTAIN_Q)
     assert [d.id for d in kept] == [d.id for d in full[:2]]  # filters on the reported relevance_score
     assert all(d.metadata["relevance_score"] >= cut for d in kept)
-    assert CoReRerank(score_threshold=1.01).compress_documents(docs, MOUNTAIN_Q) == []
+    # ...before top_n: top_n=1 keeps the best of those above the cut, a cut above every score keeps none.
+    assert [d.id for d in CoReRerank(top_n=1, min_relevance_score=cut).compress_documents(docs, MOUNTAIN_Q)] == [
+        full[0].id
+    ]
+    assert CoReRerank(min_relevance_score=1.01).compress_documents(docs, MOUNTAIN_Q) == []
+    with pytest.raises(ValidationError, match="min_relevance_score"):
+        CoReRerank(min_relevance_score=math.nan)  # a NaN cut would silently drop everything
+
+
+def test_score_threshold_is_a_deprecated_alias(compressor):
+    docs = sanity_documents()
+    full = compressor.compress_documents(docs, MOUNTAIN_Q)
+    cut = (full[1].metadata["relevance_score"] + full[2].metadata["relevance_score"]) / 2
+    with pytest.warns(DeprecationWarning, match="min_relevance_score") as caught:
+        old = CoReRerank(top_n=None, score_threshold=cut)
+    assert caught[0].filename == __file__  # the warning points at the caller, not at pydantic
+    assert old == CoReRerank(top_n=None, min_relevance_score=cut)
+    assert "score_threshold" not in old.model_dump()
+    assert [d.id for d in old.compress_documents(docs, MOUNTAIN_Q)] == [d.id for d in full[:2]]
+    with pytest.warns(DeprecationWarning):
+        assert CoReRerank.model_validate({"score_threshold": 0.25}).min_relevance_score == 0.25
+    with pytest.warns(DeprecationWarning):
+        assert old.score_threshold == cut
+    with pytest.warns(DeprecationWarning):
+        old.score_threshold = 0.5
+    assert old.min_relevance_score == 0.5
+    with pytest.raises(ValidationError, match="min_relevance_score only"):
+        CoReRerank(score_threshold=0.1, min_relevance_score=0.2)
+
+
+def test_field_descriptions_name_the_score_they_read():
+    fields = CoReRerank.model_fields
+    assert 'metadata["relevance_score"]' in fields["min_relevance_score"].description
+    assert "before ``top_n``" in fields["min_relevance_score"].description
+    assert fields["top_n"].description.startswith("Number of documents kept")
 
 
 @pytest.mark.parametrize("top_n", [0, -1])
@@ -122,10 +245,22 @@ def test_top_n_below_one_is_a_clear_error(top_n):
 
 def test_bad_input_the_langchain_way(compressor):
     assert compressor.compress_documents([], FRUIT_Q) == []
-    with pytest.raises(ValueError, match="query is empty"):
-        compressor.compress_documents(sanity_documents(), "  ")
-    with pytest.raises(TypeError, match="query must be a string"):
-        compressor.compress_documents(sanity_documents(), None)  # type: ignore[arg-type]
+    # The engine's typed errors, which are also the builtins a LangChain user catches.
+    for bad_query, error, message in [
+        ("  ", InvalidInputError, "query is empty"),
+        ("", InvalidInputError, "query is empty"),
+        (None, InvalidInputTypeError, "query must be a string"),
+        (b"bytes", InvalidInputTypeError, "query must be a string"),
+    ]:
+        for call in (
+            lambda q: compressor.compress_documents(sanity_documents(), q),
+            lambda q: asyncio.run(compressor.acompress_documents(sanity_documents(), q)),
+            lambda q: compressor.compress_documents([], q),  # checked even when there is nothing to rank
+        ):
+            with pytest.raises(error, match=message) as raised:
+                call(bad_query)
+            assert isinstance(raised.value, CoreRerankError)
+            assert isinstance(raised.value, TypeError if error is InvalidInputTypeError else ValueError)
     with pytest.raises(ValidationError):
         CoReRerank(top_k=3)  # unknown settings are refused, not ignored
 
@@ -134,15 +269,44 @@ def test_bad_input_the_langchain_way(compressor):
     assert len(out) == 5
     assert out[0].page_content == SANITY_DOCS[FRUIT]
     assert [d.page_content.strip() for d in out[-2:]] == ["", ""]  # empty documents rank last, scored 0
-    assert all(d.metadata["relevance_score"] == 0.0 and d.metadata["core_rerank_score"] == -math.inf for d in out[-2:])
+    assert all(d.metadata["relevance_score"] == 0.0 and d.metadata["core_rerank_score"] is None for d in out[-2:])
     assert out[-1].metadata.get("x") == 1 or out[-2].metadata.get("x") == 1
 
 
+def test_metadata_is_valid_json_with_empty_documents(compressor, default_rr):
+    docs = sanity_documents()
+    docs = [*docs[:3], Document(page_content="", id="empty"), docs[3], Document(page_content=" \n\t ", id="blank")]
+    texts = [d.page_content for d in docs]
+    expected = default_rr.rank(FRUIT_Q, texts)
+    assert [r.score for r in expected[-2:]] == [-math.inf, -math.inf]  # the engine's raw score of an empty text
+
+    for out in (
+        compressor.compress_documents(docs, FRUIT_Q),
+        asyncio.run(compressor.acompress_documents(docs, FRUIT_Q)),
+    ):
+        assert [d.id for d in out] == [docs[i].id for i in expected.indices]
+        assert {d.id for d in out[-2:]} == {"empty", "blank"}
+        for d, r in zip(out, expected):
+            encoded = json.dumps(d.metadata, allow_nan=False)  # no -inf / NaN: strict JSON parsers accept it
+            assert json.loads(encoded) == d.metadata
+            assert (d.metadata["core_rerank_score"] is None) == (r.json_score is None)
+        assert all(d.metadata["core_rerank_score"] is None and d.metadata["relevance_score"] == 0.0 for d in out[-2:])
+        real = out[:-2]
+        assert all(math.isfinite(d.metadata["core_rerank_score"]) for d in real)
+        assert [d.metadata["core_rerank_score"] for d in real] == pytest.approx([r.score for r in expected[:-2]])
+        assert real[0].page_content == SANITY_DOCS[FRUIT]
+
+
 # ---------------------------------------------------------------- async
+CONCURRENT_CALLS = 32
+
+
 def test_async_matches_sync_and_concurrent_matches_sequential(compressor):
     docs = sanity_documents()
-    queries = [q for q, _ in SANITY_QUERIES[:3]]
-    sequential = [compressor.compress_documents(docs, q) for q in queries]
+    queries = [q for q, _ in SANITY_QUERIES[:4]]
+    sequential = {q: compressor.compress_documents(docs, q) for q in queries}
+    assert len({tuple(d.id for d in out) for out in sequential.values()}) == len(queries)  # distinct orders
+    calls = [queries[i % len(queries)] for i in range(CONCURRENT_CALLS)]
 
     engine = compressor.engine
     scoring_threads: set[int] = set()
@@ -154,7 +318,7 @@ def test_async_matches_sync_and_concurrent_matches_sequential(compressor):
 
     async def run():
         loop_thread = threading.get_ident()
-        results = await asyncio.gather(*(compressor.acompress_documents(docs, q) for q in queries * 2))
+        results = await asyncio.gather(*(compressor.acompress_documents(docs, q) for q in calls))
         return results, loop_thread
 
     engine.rank = rank_and_note_thread  # instance attribute: the shared engine is restored below
@@ -162,11 +326,13 @@ def test_async_matches_sync_and_concurrent_matches_sequential(compressor):
         concurrent, loop_thread = asyncio.run(run())
     finally:
         del engine.rank
-    for got, want in zip(concurrent, sequential * 2):
-        assert [d.id for d in got] == [d.id for d in want]
-        assert [d.metadata["relevance_score"] for d in got] == pytest.approx(
-            [d.metadata["relevance_score"] for d in want], abs=1e-6
-        )
+    assert len(concurrent) == CONCURRENT_CALLS
+    for q, got in zip(calls, concurrent):
+        want = sequential[q]
+        # Exactly the sequential result: same documents (content, id, metadata) in the same order, same scores.
+        assert got == want
+        assert [d.metadata["relevance_score"] for d in got] == [d.metadata["relevance_score"] for d in want]
+        assert [d.metadata["core_rerank_score"] for d in got] == [d.metadata["core_rerank_score"] for d in want]
     # The event loop never scored: every call ran in a worker thread.
     assert scoring_threads and loop_thread not in scoring_threads
     assert asyncio.run(compressor.acompress_documents([], FRUIT_Q)) == []
@@ -176,7 +342,7 @@ def test_async_matches_sync_and_concurrent_matches_sequential(compressor):
 
 # ---------------------------------------------------------------- serialization
 def test_pydantic_round_trip():
-    c = CoReRerank(top_n=2, score_threshold=0.01, heads=[(5, 1), (9, 3)], dtype="float32", max_doc_tokens=128)
+    c = CoReRerank(top_n=2, min_relevance_score=0.01, heads=[(5, 1), (9, 3)], dtype="float32", max_doc_tokens=128)
     data = c.model_dump()
     assert data["heads"] == [(5, 1), (9, 3)] and data["top_n"] == 2
     assert CoReRerank(**data) == c

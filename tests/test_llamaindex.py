@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import llama_index.postprocessor.core_rerank as li_pkg
@@ -17,6 +21,8 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 from llama_index.postprocessor.core_rerank import CoReRerank
+
+from core_rerank.errors import CoreRerankError, InvalidInputError, InvalidInputTypeError
 
 FRUIT_Q, FRUIT = SANITY_QUERIES[1]
 MOUNTAIN_Q, MOUNTAIN = SANITY_QUERIES[2]
@@ -67,7 +73,53 @@ def test_namespace_package_layout():
 
     assert llama_index.core.__file__
     p = CoReRerank()
-    assert (p.model, p.top_n, p.score_threshold, p.keep_retrieval_score) == ("default", 3, None, False)
+    assert (p.model, p.top_n, p.min_relevance_score, p.keep_retrieval_score) == ("default", 3, None, False)
+
+
+def test_max_documents_setting():
+    from core_rerank.errors import TooManyDocumentsError
+    from core_rerank.registry import ENGINE_SETTINGS
+    from core_rerank.reranker import DEFAULT_MAX_DOCUMENTS
+
+    assert set(ENGINE_SETTINGS) <= set(CoReRerank.model_fields)
+    assert CoReRerank().max_documents == DEFAULT_MAX_DOCUMENTS == CoReRerank().engine.max_documents
+    nodes = sanity_nodes()
+    capped = CoReRerank(max_documents=3, top_n=None)
+    assert capped.engine.max_documents == 3
+    assert len(capped.postprocess_nodes(nodes[:3], query_str=FRUIT_Q)) == 3
+    with pytest.raises(TooManyDocumentsError, match="max_documents=3"):
+        capped.postprocess_nodes(nodes, query_str=FRUIT_Q)
+    with pytest.raises(TooManyDocumentsError):
+        asyncio.run(capped.apostprocess_nodes(nodes, query_str=FRUIT_Q))
+    unlimited = CoReRerank(max_documents=None, top_n=None)
+    assert unlimited.engine.max_documents is None
+    assert len(unlimited.postprocess_nodes(nodes, query_str=FRUIT_Q)) == len(nodes)
+    assert CoReRerank.from_dict(capped.to_dict()).max_documents == 3
+    for bad in (0, -5):
+        with pytest.raises(ValidationError, match="max_documents"):
+            CoReRerank(max_documents=bad)
+
+
+def test_setting_docs_say_what_loads_and_which_dtype():
+    fields = CoReRerank.model_fields
+    model = fields["model"].description
+    assert "never needs the network" in model and "a packaged model name" in model
+    assert "downloaded first when online" in model and "HF_HUB_OFFLINE=1 forbids downloads" in model
+    assert "Nothing is downloaded" not in model
+    dtype = fields["dtype"].description
+    assert "CPUs with native bf16" in dtype and "float32 on other CPUs" in dtype
+    assert "TooManyDocumentsError" in fields["max_documents"].description
+
+
+def test_import_stays_light():
+    # The engine's heavy modules load on first use, not when the integration is imported.
+    script = (
+        "import sys; from llama_index.postprocessor.core_rerank import CoReRerank; "
+        "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["[]"]
 
 
 # ---------------------------------------------------------------- postprocess_nodes
@@ -103,17 +155,62 @@ def test_top_n_threshold_and_retrieval_score(post):
 
     assert len(CoReRerank(top_n=50).postprocess_nodes(nodes[:4], query_str=MOUNTAIN_Q)) == 4
     cut = (full[1].score + full[2].score) / 2
-    above = CoReRerank(top_n=None, score_threshold=cut).postprocess_nodes(nodes, query_str=MOUNTAIN_Q)
-    assert [n.node.node_id for n in above] == [n.node.node_id for n in full[:2]]
+    above = CoReRerank(top_n=None, min_relevance_score=cut).postprocess_nodes(nodes, query_str=MOUNTAIN_Q)
+    assert [n.node.node_id for n in above] == [n.node.node_id for n in full[:2]]  # filters on NodeWithScore.score
+    best = CoReRerank(top_n=1, min_relevance_score=cut).postprocess_nodes(nodes, query_str=MOUNTAIN_Q)
+    assert [n.node.node_id for n in best] == [full[0].node.node_id]  # the filter applies before top_n
+    assert CoReRerank(min_relevance_score=1.01).postprocess_nodes(nodes, query_str=MOUNTAIN_Q) == []
+    with pytest.raises(ValidationError, match="min_relevance_score"):
+        CoReRerank(min_relevance_score=float("nan"))
+
+
+def test_score_threshold_is_a_deprecated_alias(post):
+    nodes = sanity_nodes()
+    full = post.postprocess_nodes(nodes, query_str=MOUNTAIN_Q)
+    cut = (full[1].score + full[2].score) / 2
+    with pytest.warns(DeprecationWarning, match="min_relevance_score") as caught:
+        old = CoReRerank(top_n=None, score_threshold=cut)
+    assert caught[0].filename == __file__  # the warning points at the caller, not at pydantic
+    assert old.to_dict() == CoReRerank(top_n=None, min_relevance_score=cut).to_dict()
+    assert "score_threshold" not in old.to_dict()
+    got = old.postprocess_nodes(nodes, query_str=MOUNTAIN_Q)
+    assert [n.node.node_id for n in got] == [n.node.node_id for n in full[:2]]
+    # A dict saved by an earlier version (to_dict() with score_threshold) still loads, with the warning.
+    saved = {**CoReRerank(top_n=2).to_dict(), "score_threshold": 0.25}
+    del saved["min_relevance_score"]
+    with pytest.warns(DeprecationWarning):
+        assert CoReRerank.from_dict(saved).min_relevance_score == 0.25
+    with pytest.warns(DeprecationWarning):
+        assert old.score_threshold == cut
+    with pytest.warns(DeprecationWarning):
+        old.score_threshold = 0.5
+    assert old.min_relevance_score == 0.5
+    with pytest.raises(ValidationError, match="min_relevance_score only"):
+        CoReRerank(score_threshold=0.1, min_relevance_score=0.2)
+
+
+def test_field_descriptions_name_the_score_they_read():
+    fields = CoReRerank.model_fields
+    assert "NodeWithScore.score" in fields["min_relevance_score"].description
+    assert "before top_n" in fields["min_relevance_score"].description
+    assert fields["top_n"].description.startswith("Number of nodes kept")
 
 
 def test_bad_input_the_llamaindex_way(post):
-    with pytest.raises(ValueError, match="needs a query"):
-        post.postprocess_nodes(sanity_nodes())
-    with pytest.raises(ValueError, match="needs a query"):
-        post.postprocess_nodes([])
-    with pytest.raises(ValueError, match="query is empty"):
-        post.postprocess_nodes(sanity_nodes(), query_str=" ")
+    # The engine's typed errors (CoreRerankError subclasses, and the builtins a LlamaIndex user catches).
+    for nodes in (sanity_nodes(), []):  # checked even when there is nothing to rank
+        with pytest.raises(InvalidInputError, match="needs a query"):
+            post.postprocess_nodes(nodes)  # query_bundle is None
+        with pytest.raises(InvalidInputError, match="needs a query"):
+            asyncio.run(post.apostprocess_nodes(nodes))
+        with pytest.raises(InvalidInputError, match="query is empty"):
+            post.postprocess_nodes(nodes, query_str=" ")
+        with pytest.raises(InvalidInputError, match="query is empty"):
+            asyncio.run(post.apostprocess_nodes(nodes, query_bundle=QueryBundle("")))
+        with pytest.raises(InvalidInputTypeError, match="query must be a string"):
+            post.postprocess_nodes(nodes, query_bundle=QueryBundle(query_str=42))  # type: ignore[arg-type]
+    assert issubclass(InvalidInputError, CoreRerankError) and issubclass(InvalidInputError, ValueError)
+    assert issubclass(InvalidInputTypeError, InvalidInputError) and issubclass(InvalidInputTypeError, TypeError)
     assert post.postprocess_nodes([], query_str=FRUIT_Q) == []
     for top_n in (0, -2):
         with pytest.raises(ValidationError, match="top_n"):
@@ -123,6 +220,28 @@ def test_bad_input_the_llamaindex_way(post):
     out = post.postprocess_nodes(empty + sanity_nodes()[:3], query_str=FRUIT_Q)
     assert next(n.node.node_id for n in out) == f"n{FRUIT}"
     assert out[-1].node.node_id == "empty" and out[-1].score == 0.0  # a node without text ranks last
+
+
+def test_scores_and_metadata_are_valid_json_with_empty_nodes(post):
+    nodes = sanity_nodes()
+    empties = [
+        NodeWithScore(node=TextNode(text="", id_="empty"), score=0.5),
+        NodeWithScore(node=TextNode(text=" \n\t ", id_="blank"), score=0.4),
+    ]
+    candidates = [*nodes[:3], empties[0], nodes[3], empties[1]]
+    keep = CoReRerank(top_n=None, keep_retrieval_score=True)
+    for out in (
+        keep.postprocess_nodes(candidates, query_str=FRUIT_Q),
+        asyncio.run(keep.apostprocess_nodes(candidates, query_str=FRUIT_Q)),
+    ):
+        assert out[0].node.node_id == f"n{FRUIT}"
+        assert {n.node.node_id for n in out[-2:]} == {"empty", "blank"} and [n.score for n in out[-2:]] == [0.0, 0.0]
+        for n in out:
+            # Every score the wrapper returns or stores is finite: no -inf reaches a JSON encoder.
+            json.dumps({"score": n.score, "metadata": n.node.metadata}, allow_nan=False)
+            assert 0.0 <= n.score <= 1.0
+        assert [n.node.metadata["retrieval_score"] for n in out[-2:]] in ([0.5, 0.4], [0.4, 0.5])
+        assert json.loads(out[-1].to_json())["score"] == 0.0
 
 
 def test_rerank_events(post, rerank_events):
@@ -136,28 +255,52 @@ def test_rerank_events(post, rerank_events):
     assert end.nodes[0].score == out[0].score
 
 
+CONCURRENT_CALLS = 32
+
+
 def test_async_path(post, rerank_events):
     nodes = sanity_nodes()
-    queries = [q for q, _ in SANITY_QUERIES[:3]]
-    sequential = [post.postprocess_nodes(nodes, query_str=q) for q in queries]
+    queries = [q for q, _ in SANITY_QUERIES[:4]]
+    sequential = {q: post.postprocess_nodes(nodes, query_str=q) for q in queries}
+    assert len({tuple(n.node.node_id for n in out) for out in sequential.values()}) == len(queries)  # distinct
+    calls = [queries[i % len(queries)] for i in range(CONCURRENT_CALLS)]
     del rerank_events[:]
 
-    async def run():
-        return await asyncio.gather(*(post.apostprocess_nodes(nodes, query_str=q) for q in queries))
+    engine = post.engine
+    scoring_threads: set[int] = set()
+    real_rank = engine.rank
 
-    concurrent = asyncio.run(run())
-    for got, want in zip(concurrent, sequential):
-        assert [n.node.node_id for n in got] == [n.node.node_id for n in want]
-        assert [n.score for n in got] == pytest.approx([n.score for n in want], abs=1e-6)
-    assert sum(isinstance(e, ReRankEndEvent) for e in rerank_events) == len(queries)
+    def rank_and_note_thread(*args, **kwargs):
+        scoring_threads.add(threading.get_ident())
+        return real_rank(*args, **kwargs)
+
+    async def run():
+        loop_thread = threading.get_ident()
+        results = await asyncio.gather(*(post.apostprocess_nodes(nodes, query_str=q) for q in calls))
+        return results, loop_thread
+
+    engine.rank = rank_and_note_thread  # instance attribute: the shared engine is restored below
+    try:
+        concurrent, loop_thread = asyncio.run(run())
+    finally:
+        del engine.rank
+    assert len(concurrent) == CONCURRENT_CALLS
+    for q, got in zip(calls, concurrent):
+        want = sequential[q]
+        # Exactly the sequential result: the same nodes in the same order, with the same scores.
+        assert [(n.node.node_id, n.score) for n in got] == [(n.node.node_id, n.score) for n in want]
+        assert all(g.node is w.node for g, w in zip(got, want))
+    # The event loop never scored: every call ran in a worker thread.
+    assert scoring_threads and loop_thread not in scoring_threads
+    assert sum(isinstance(e, ReRankEndEvent) for e in rerank_events) == CONCURRENT_CALLS
     assert asyncio.run(post.apostprocess_nodes([], query_str=FRUIT_Q)) == []
-    with pytest.raises(ValueError, match="needs a query"):
+    with pytest.raises(InvalidInputError, match="needs a query"):
         asyncio.run(post.apostprocess_nodes(nodes))
 
 
 # ---------------------------------------------------------------- serialization
 def test_to_dict_from_dict_round_trip():
-    p = CoReRerank(top_n=2, heads=[(5, 1), (9, 3)], dtype="float32", keep_retrieval_score=True, score_threshold=0.1)
+    p = CoReRerank(top_n=2, heads=[(5, 1), (9, 3)], dtype="float32", keep_retrieval_score=True, min_relevance_score=0.1)
     data = p.to_dict()
     assert data["class_name"] == "CoReRerank" and data["top_n"] == 2 and data["keep_retrieval_score"] is True
     again = CoReRerank.from_dict(data)
@@ -178,7 +321,7 @@ def test_round_tripped_postprocessor_ranks_the_same():
 # ---------------------------------------------------------------- one model, two wrappers
 def test_langchain_and_llamaindex_share_one_model():
     from langchain_core.documents import Document
-    from langchain_core_rerank import CoReRerank as LangChainCoReRerank
+    from langchain_corerank import CoReRerank as LangChainCoReRerank
 
     from core_rerank.loading import model_cache_info
 
@@ -195,7 +338,7 @@ def test_langchain_and_llamaindex_share_one_model():
 
 
 def test_default_wrappers_share_the_default_model(default_rr):
-    from langchain_core_rerank import CoReRerank as LangChainCoReRerank
+    from langchain_corerank import CoReRerank as LangChainCoReRerank
 
     assert LangChainCoReRerank().engine.loaded_model is CoReRerank().engine.loaded_model is default_rr.loaded_model
 

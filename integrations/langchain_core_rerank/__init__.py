@@ -1,8 +1,18 @@
-"""LangChain integration of core-rerank: ``CoReRerank``, a document compressor (re-ranker).
+"""Deprecated import name of the LangChain integration: use ``from langchain_corerank import CoReRerank``.
 
->>> from langchain_core_rerank import CoReRerank
+``langchain_core_rerank`` read as part of ``langchain_core``; it stays importable for one release, as an
+alias: ``langchain_core_rerank.CoReRerank is langchain_corerank.CoReRerank``.
 """
 
-from langchain_core_rerank.rerank import CoReRerank
+import warnings
+
+from langchain_corerank import CoReRerank
+
+warnings.warn(
+    "langchain_core_rerank is deprecated and will be removed in a future release: "
+    "use `from langchain_corerank import CoReRerank`",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 __all__ = ["CoReRerank"]

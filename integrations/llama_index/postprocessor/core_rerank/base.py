@@ -10,15 +10,20 @@ The engine (and its model) is created on first use and shared process-wide with 
 from __future__ import annotations
 
 import asyncio
+import sys
+import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from llama_index.core.bridge.pydantic import Field, ValidationInfo, field_validator
+from llama_index.core.bridge.pydantic import Field, ValidationInfo, field_validator, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
+from core_rerank.errors import InvalidInputError
+from core_rerank.inputs import DEFAULT_MAX_DOCUMENTS, check_query
 from core_rerank.registry import plain_setting, reranker_for
 
 if TYPE_CHECKING:
@@ -39,8 +44,9 @@ class CoReRerank(BaseNodePostprocessor):
 
     model: str = Field(
         default="default",
-        description="'default' (the embedded SmolLM2-135M-Instruct), a local directory, a .gguf file or a "
-        "Hugging Face id already in the local cache. Nothing is downloaded.",
+        description="'default' (the embedded SmolLM2-135M-Instruct, never needs the network), a packaged model "
+        "name, a local directory, a .gguf file, or a Hugging Face id (loaded as transformers does: from the local "
+        "cache, downloaded first when online; HF_HUB_OFFLINE=1 forbids downloads).",
     )
     heads: str | list[tuple[int, int] | str] | None = Field(
         default=None,
@@ -50,13 +56,27 @@ class CoReRerank(BaseNodePostprocessor):
     quantization: Literal["auto", "4bit", "8bit"] | None = Field(
         default="auto", description="'auto' (4-bit for 1B+ models on CUDA, else dense), None, '4bit' or '8bit'."
     )
-    dtype: str | None = Field(default=None, description="Compute dtype ('bfloat16', 'float32', ...); None: bfloat16.")
+    dtype: str | None = Field(
+        default=None,
+        description="Compute dtype ('bfloat16', 'float32', ...). None picks per device: bfloat16 on CUDA GPUs with "
+        "bf16 (else float16) and on CPUs with native bf16, float32 on other CPUs.",
+    )
     device: str | None = Field(default=None, description="None picks CUDA when available, else CPU.")
     max_doc_tokens: int = Field(default=400, ge=1, description="Per-document token budget.")
     max_tokens: int | None = Field(default=None, ge=1, description="Prompt budget per forward pass.")
-    top_n: int | None = Field(default=3, ge=1, description="Number of nodes to return (None: all).")
-    score_threshold: float | None = Field(
-        default=None, description="Drop nodes whose relevance score is below this value (applied before top_n)."
+    max_documents: int | None = Field(
+        default=DEFAULT_MAX_DOCUMENTS,
+        ge=1,
+        description="Most nodes one call takes (None: no limit); more raise core_rerank.TooManyDocumentsError "
+        "(an InvalidInputError): a guard against re-ranking a whole corpus by mistake.",
+    )
+    top_n: int | None = Field(default=3, ge=1, description="Number of nodes kept (None: all).")
+    min_relevance_score: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="Drop nodes whose returned NodeWithScore.score (the relevance score: the softmax share over "
+        "this candidate list, in [0, 1]) is below this value; applied before top_n. None keeps all. "
+        "(Formerly score_threshold.)",
     )
     keep_retrieval_score: bool = Field(
         default=False, description="Keep the first-stage score in node.metadata['retrieval_score']."
@@ -67,6 +87,36 @@ class CoReRerank(BaseNodePostprocessor):
     def _plain(cls, value: Any, info: ValidationInfo) -> Any:
         # Paths and torch dtypes become plain strings, so model_dump() round-trips.
         return plain_setting(info.field_name, value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_score_threshold(cls, data: Any) -> Any:
+        # score_threshold: the deprecated name of min_relevance_score, accepted for one release (also in
+        # to_dict() output saved by earlier versions, which from_dict() reads).
+        if not isinstance(data, Mapping) or "score_threshold" not in data:
+            return data
+        if "min_relevance_score" in data:
+            raise ValueError("give min_relevance_score only: score_threshold is its deprecated name")
+        warnings.warn(
+            "CoReRerank(score_threshold=...) is deprecated: use min_relevance_score=... (same meaning: "
+            "a minimum NodeWithScore.score)",
+            DeprecationWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+        data = dict(data)
+        data["min_relevance_score"] = data.pop("score_threshold")
+        return data
+
+    @property
+    def score_threshold(self) -> float | None:
+        """Deprecated name of ``min_relevance_score`` (readable and settable for one release)."""
+        warnings.warn(_THRESHOLD_RENAMED, DeprecationWarning, stacklevel=_caller_stacklevel())
+        return self.min_relevance_score
+
+    @score_threshold.setter
+    def score_threshold(self, value: float | None) -> None:
+        warnings.warn(_THRESHOLD_RENAMED, DeprecationWarning, stacklevel=_caller_stacklevel())
+        self.min_relevance_score = value
 
     @classmethod
     def class_name(cls) -> str:
@@ -127,7 +177,7 @@ class CoReRerank(BaseNodePostprocessor):
 
     def _select(self, nodes: list[NodeWithScore], ranked: RankedResults) -> list[NodeWithScore]:
         out: list[NodeWithScore] = []
-        for result in ranked.select(self.top_n, self.score_threshold):
+        for result in ranked.select(self.top_n, self.min_relevance_score):
             original = nodes[result.index]
             node = original.node
             if self.keep_retrieval_score:
@@ -136,15 +186,26 @@ class CoReRerank(BaseNodePostprocessor):
         return out
 
 
+def _caller_stacklevel() -> int:
+    """``warnings.warn`` stacklevel of the first frame outside pydantic and LlamaIndex (this package included)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in ("pydantic", "llama_index"):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+_THRESHOLD_RENAMED = "CoReRerank.score_threshold is deprecated: use min_relevance_score"
+
+
 def _query_str(query_bundle: QueryBundle | None) -> str:
+    """The query to rank against: ``InvalidInputError`` (a ``ValueError``) without one or for a blank one,
+    ``InvalidInputTypeError`` (a ``TypeError``) for a non-string one."""
     if query_bundle is None:
-        raise ValueError(
+        raise InvalidInputError(
             "CoReRerank needs a query: call postprocess_nodes(nodes, query_str=...) or pass a query_bundle"
         )
-    query = query_bundle.query_str
-    if not isinstance(query, str) or not query.strip():
-        raise ValueError("query is empty: CoReRerank needs a non-empty query to rank nodes against")
-    return query
+    check_query(query_bundle.query_str)
+    return query_bundle.query_str
 
 
 def _texts(nodes: list[NodeWithScore]) -> list[str]:
