@@ -3,7 +3,8 @@ packages), a GGUF file, or a Hugging Face id / directory.
 
 GGUF files are dequantized once and cached as safetensors (a plain transformers directory) under
 the user cache dir, keyed by the file's SHA-256, so a changed file is never served from a stale
-cache and later loads skip the slow dequantization. Nothing is ever downloaded by this module.
+cache and later loads skip the slow dequantization. This module never downloads: a Hugging Face id is handed
+to transformers, which loads it from its cache or, when online, downloads it.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from core_rerank import CoreRerankError, HeadList, Reranker
@@ -42,23 +42,51 @@ piece = st.one_of(
     st.sampled_from(["", " ", "\n\n", "   \t", "Bananas are rich in potassium.", "cp copies files."]),
 )
 text = st.lists(piece, max_size=6).map("".join)
-huge = st.sampled_from(["potassium " * 30_000, "x" * 400_000, "<|im_end|>" * 5_000, "\U0001f600" * 50_000])
+# Built from short seeds, so failure reports and statistics stay readable.
+huge = st.sampled_from([("potassium ", 30_000), ("x", 400_000), ("<|im_end|>", 5_000), ("\U0001f600", 50_000)]).map(
+    lambda seed: seed[0] * seed[1]
+)
 good_text = st.one_of(text, text, text, huge)
-document = st.one_of(
+nonblank = st.tuples(text, st.sampled_from(["potassium?", "<|im_end|>", "\U0001f600", "x\x00y"]), text).map("".join)
+valid_document = st.one_of(
     good_text,
     good_text,
     st.fixed_dictionaries({"text": good_text}, optional={"title": st.one_of(st.none(), text)}),
+)
+bad_document = st.one_of(
     st.dictionaries(st.sampled_from(["text", "title", "body", "id"]), st.one_of(text, st.integers(), st.none())),
     st.one_of(st.none(), st.integers(), st.floats(), st.binary(max_size=8), st.lists(st.integers(), max_size=2)),
 )
-documents = st.one_of(
-    st.lists(document, max_size=24),
+document = st.one_of(valid_document, valid_document, valid_document, bad_document)
+valid_documents = st.one_of(
+    st.lists(valid_document, max_size=24),
     st.lists(st.sampled_from(["same text", "same text", "", "other"]), max_size=12),  # duplicates
+)
+bad_documents = st.one_of(
+    st.tuples(st.lists(valid_document, max_size=12), bad_document, st.integers(0, 12)).map(
+        lambda t: [*t[0][: t[2]], t[1], *t[0][t[2] :]]  # one bad item among good ones
+    ),
     st.sampled_from(["a string, not a list", b"bytes", None, 42]),
 )
-query = st.one_of(text, text, st.sampled_from(SPECIAL), huge, st.none(), st.integers(), st.binary(max_size=4))
-top_n = st.one_of(st.none(), st.none(), st.integers(-2, 30), st.booleans(), st.floats(), st.just("3"))
-min_score = st.one_of(st.none(), st.none(), st.floats(), st.integers(-5, 5), st.just("0.1"))
+valid_query = st.one_of(nonblank, nonblank, st.sampled_from(SPECIAL), huge)
+bad_query = st.one_of(st.sampled_from(["", " ", "\n\t"]), st.none(), st.integers(), st.binary(max_size=4))
+valid_top_n = st.one_of(st.none(), st.integers(1, 30))
+bad_top_n = st.one_of(st.integers(-2, 0), st.booleans(), st.floats(), st.just("3"))
+valid_min_score = st.one_of(st.none(), st.none(), st.floats(-1, 1), st.floats(allow_nan=False))
+bad_min_score = st.one_of(st.just(float("nan")), st.just("0.1"), st.just([0.1]))
+
+
+@st.composite
+def calls(draw):
+    """(query, documents, top_n, min_score): valid but hostile values, with one argument bad in 1 call of 3."""
+    bad = draw(st.sampled_from([None] * 8 + ["query", "documents", "top_n", "min_score"]))
+    pick = lambda name, good, wrong: draw(wrong if bad == name else good)
+    return (
+        pick("query", valid_query, bad_query),
+        pick("documents", valid_documents, bad_documents),
+        pick("top_n", valid_top_n, bad_top_n),
+        pick("min_score", valid_min_score, bad_min_score),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +112,15 @@ def check_ranking(indices: list[int], n: int, filtered: bool) -> None:
 
 
 @settings(max_examples=1000, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
-@given(query=query, documents=documents, top_n=top_n, min_score=min_score)
-def test_rank_and_score_return_a_permutation_or_a_typed_error(fuzz_rr, query, documents, top_n, min_score):
+@given(call=calls())
+def test_rank_and_score_return_a_permutation_or_a_typed_error(fuzz_rr, call):
+    query, documents, top_n, min_score = call
     try:
         results = fuzz_rr.rank(query, documents, top_n=top_n, min_score=min_score)
-    except CoreRerankError:
+    except CoreRerankError as exc:
+        event(f"typed error: {type(exc).__name__}")
         return
+    event("ranked")
     n = len(documents)
     check_ranking(results.indices, n, top_n is not None or min_score is not None)
     if top_n is not None:
@@ -111,7 +142,11 @@ def head_file(tmp_path_factory, fuzz_rr) -> Path:
 
 
 @settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
-@given(query=st.one_of(text, st.sampled_from(SPECIAL)), documents=st.lists(document, max_size=12), ascii=st.booleans())
+@given(
+    query=st.one_of(nonblank, nonblank, text, st.sampled_from(SPECIAL)),
+    documents=st.one_of(st.lists(valid_document, max_size=12), st.lists(document, max_size=12)),
+    ascii=st.booleans(),
+)
 def test_the_rank_command_prints_a_permutation_or_an_error(head_file, tmp_path_factory, query, documents, ascii):
     from typer.testing import CliRunner
 
@@ -129,6 +164,84 @@ def test_the_rank_command_prints_a_permutation_or_an_error(head_file, tmp_path_f
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     if result.exit_code != 0:
         assert result.exit_code == 2 and ("error" in result.output.lower()), result.output
+        event("refused with exit status 2")
         return
+    event("ranked")
     rows = _strict_json(json.loads(result.stdout))
     check_ranking([r["corpus_id"] for r in rows], len(documents), filtered=False)
+
+
+# The framework wrappers: their settings are pydantic fields, so a bad top_n or threshold is refused when the
+# wrapper is built (pydantic's ValidationError, a ValueError, as every LangChain / LlamaIndex component does);
+# every call on a built wrapper returns a ranking of the given items or raises a CoreRerankError.
+WRAPPER_ENGINE = dict(heads=[list(h) for h in FUZZ_HEADS], dtype="float32", max_doc_tokens=24, max_tokens=512)
+page = st.one_of(good_text, good_text, st.sampled_from(["", "  ", "same text"]))
+wrapper_query = st.one_of(nonblank, nonblank, nonblank, text, st.sampled_from(SPECIAL), st.none(), st.integers())
+
+
+@st.composite
+def wrapper_settings(draw):
+    """(top_n, min_relevance_score): valid values, with one of them bad in 1 wrapper of 5."""
+    bad = draw(st.sampled_from([None] * 8 + ["top_n", "floor"]))
+    top_n = draw(bad_top_n if bad == "top_n" else valid_top_n)
+    floor = draw(st.one_of(st.floats(), st.just("x")) if bad == "floor" else st.one_of(st.none(), st.floats(0, 1)))
+    return top_n, floor
+
+
+def _build(cls, top_n, floor):
+    from pydantic import ValidationError
+
+    try:
+        return cls(**WRAPPER_ENGINE, top_n=top_n, min_relevance_score=floor)
+    except ValidationError:
+        event("settings refused by pydantic")
+        return None
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(pages=st.lists(page, max_size=16), query=wrapper_query, setting=wrapper_settings())
+def test_langchain_compressor_returns_a_ranking_or_a_typed_error(pages, query, setting):
+    top_n, floor = setting
+    from langchain_core.documents import Document
+    from langchain_corerank import CoReRerank
+
+    compressor = _build(CoReRerank, top_n, floor)
+    if compressor is None:
+        return
+    docs = [Document(page_content=p, metadata={"i": i}) for i, p in enumerate(pages)]
+    try:
+        out = compressor.compress_documents(docs, query)
+    except CoreRerankError as exc:
+        event(f"typed error: {type(exc).__name__}")
+        return
+    event("ranked")
+    check_ranking([d.metadata["i"] for d in out], len(docs), filtered=True)
+    if compressor.top_n is None and compressor.min_relevance_score is None:
+        assert len(out) == len(docs)
+    for d in out:
+        _strict_json(d.metadata)
+        assert 0.0 <= d.metadata["relevance_score"] <= 1.0
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(pages=st.lists(page, max_size=16), query=wrapper_query, setting=wrapper_settings())
+def test_llamaindex_postprocessor_returns_a_ranking_or_a_typed_error(pages, query, setting):
+    top_n, floor = setting
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    from llama_index.postprocessor.core_rerank import CoReRerank
+
+    post = _build(CoReRerank, top_n, floor)
+    if post is None:
+        return
+    nodes = [NodeWithScore(node=TextNode(text=p, id_=str(i)), score=1.0) for i, p in enumerate(pages)]
+    try:
+        bundle = QueryBundle(query_str=query) if isinstance(query, str) else None
+        out = post.postprocess_nodes(nodes, query_bundle=bundle)
+    except CoreRerankError as exc:
+        event(f"typed error: {type(exc).__name__}")
+        return
+    event("ranked")
+    check_ranking([int(n.node.node_id) for n in out], len(nodes), filtered=True)
+    if post.top_n is None and post.min_relevance_score is None:
+        assert len(out) == len(nodes)
+    assert all(0.0 <= n.score <= 1.0 for n in out)
