@@ -14,6 +14,8 @@ import core_rerank
 from core_rerank import HeadList, Reranker, shared_reranker
 from core_rerank.heads import find_bundled_head_list
 
+ONLY_HERE = [(2, 5), (1, 3)]
+
 
 def test_a_head_list_object_is_a_valid_setting(default_rr):
     bundled = find_bundled_head_list(default_rr.model_id)
@@ -56,7 +58,8 @@ def test_a_slow_load_does_not_block_other_rerankers(default_rr, monkeypatch):
 
 
 def test_clear_cache_frees_the_models():
-    rr = shared_reranker(heads=[(0, 0), (1, 4)], dtype="float32")  # a 2-layer model only this test uses
+    # A 3-layer float32 model: loaded models are keyed by depth and dtype, and no other test uses this pair.
+    rr = shared_reranker(heads=ONLY_HERE, dtype="float32")
     model = weakref.ref(rr.loaded_model.model)
     assert rr.rank("which fruit?", SANITY_DOCS[:2])
     held = core_rerank.clear_cache()
@@ -64,11 +67,12 @@ def test_clear_cache_frees_the_models():
     assert model() is not None  # still held by `rr`: a reranker you keep stays usable
     assert rr.rank("which fruit?", SANITY_DOCS[:2])
     # While it is alive, new rerankers with its settings share it: never a second copy in memory.
-    assert Reranker(heads=[(0, 0), (1, 4)], dtype="float32").loaded_model is rr.loaded_model
+    assert Reranker(heads=ONLY_HERE, dtype="float32").loaded_model is rr.loaded_model
+    core_rerank.clear_cache()  # that reranker put the model back in the cache: let go of it again
     del rr
     gc.collect()
     assert model() is None  # nothing in core-rerank kept it alive
-    again = shared_reranker(heads=[(0, 0), (1, 4)], dtype="float32")
+    again = shared_reranker(heads=ONLY_HERE, dtype="float32")
     assert again.rank("which fruit?", SANITY_DOCS[:2])
 
 
