@@ -19,7 +19,7 @@ from .once import OncePerKey
 if TYPE_CHECKING:
     from .reranker import Reranker
 
-__all__ = ["ENGINE_SETTINGS", "clear_cache", "plain_setting", "reranker_for", "shared_reranker"]
+__all__ = ["ENGINE_SETTINGS", "clear_cache", "reranker_for", "shared_reranker"]
 
 ENGINE_SETTINGS = (
     "model",
@@ -73,13 +73,3 @@ def clear_cache() -> int:
 def reranker_for(config: Any) -> Reranker:
     """The shared reranker for an object (a framework wrapper) that has the ``ENGINE_SETTINGS`` attributes."""
     return shared_reranker(**{name: getattr(config, name) for name in ENGINE_SETTINGS})
-
-
-def plain_setting(name: str, value: Any) -> Any:
-    """An engine setting as plain data, so a wrapper's fields serialize and round-trip: paths as
-    strings for ``model`` / ``heads``, a ``torch.dtype`` as its name (``"bfloat16"``) for ``dtype``."""
-    if name in ("model", "heads") and isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if name == "dtype" and value is not None and not isinstance(value, str):
-        return str(value).removeprefix("torch.")
-    return value

@@ -10,9 +10,7 @@ The engine (and its model) is created on first use and shared process-wide with 
 
 from __future__ import annotations
 
-import sys
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.callbacks import Callbacks
@@ -21,12 +19,19 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from core_rerank.inputs import DEFAULT_MAX_DOCUMENTS, check_query
-from core_rerank.registry import plain_setting, reranker_for
+from core_rerank.registry import reranker_for
+from core_rerank.wrapper_fields import deprecated_alias, plain_setting, renamed_setting
 
 if TYPE_CHECKING:
     from core_rerank import RankedResults, Reranker
 
 __all__ = ["CoReRerank"]
+
+_FRAMEWORK = (
+    "pydantic",
+    "langchain_core",
+    "langchain_corerank",
+)  # frames skipped to point deprecation warnings at the caller
 
 
 class CoReRerank(BaseDocumentCompressor):
@@ -71,30 +76,11 @@ class CoReRerank(BaseDocumentCompressor):
     @classmethod
     def _renamed_score_threshold(cls, data: Any) -> Any:
         # score_threshold: the deprecated name of min_relevance_score, accepted for one release.
-        if not isinstance(data, Mapping) or "score_threshold" not in data:
-            return data
-        if "min_relevance_score" in data:
-            raise ValueError("give min_relevance_score only: score_threshold is its deprecated name")
-        warnings.warn(
-            "CoReRerank(score_threshold=...) is deprecated: use min_relevance_score=... (same meaning: "
-            'a minimum metadata["relevance_score"])',
-            DeprecationWarning,
-            stacklevel=_caller_stacklevel(),
+        return renamed_setting(
+            data, "score_threshold", "min_relevance_score", 'a minimum metadata["relevance_score"]', _FRAMEWORK
         )
-        data = dict(data)
-        data["min_relevance_score"] = data.pop("score_threshold")
-        return data
 
-    @property
-    def score_threshold(self) -> float | None:
-        """Deprecated name of ``min_relevance_score`` (readable and settable for one release)."""
-        warnings.warn(_THRESHOLD_RENAMED, DeprecationWarning, stacklevel=_caller_stacklevel())
-        return self.min_relevance_score
-
-    @score_threshold.setter
-    def score_threshold(self, value: float | None) -> None:
-        warnings.warn(_THRESHOLD_RENAMED, DeprecationWarning, stacklevel=_caller_stacklevel())
-        self.min_relevance_score = value
+    score_threshold = deprecated_alias("score_threshold", "min_relevance_score", _FRAMEWORK)
 
     @field_validator("model", "heads", "dtype", mode="before")
     @classmethod
@@ -147,15 +133,3 @@ class CoReRerank(BaseDocumentCompressor):
             }
             out.append(original.model_copy(update={"metadata": metadata}))
         return out
-
-
-def _caller_stacklevel() -> int:
-    """``warnings.warn`` stacklevel of the first frame outside pydantic, LangChain and this package: the caller."""
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _FRAMEWORK_PACKAGES:
-        level, frame = level + 1, frame.f_back
-    return level
-
-
-_FRAMEWORK_PACKAGES = frozenset({"pydantic", "langchain_core", "langchain_corerank"})
-_THRESHOLD_RENAMED = "CoReRerank.score_threshold is deprecated: use min_relevance_score"

@@ -10,9 +10,6 @@ The engine (and its model) is created on first use and shared process-wide with 
 from __future__ import annotations
 
 import asyncio
-import sys
-import warnings
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from llama_index.core.bridge.pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -24,12 +21,15 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from core_rerank.errors import InvalidInputError
 from core_rerank.inputs import DEFAULT_MAX_DOCUMENTS, check_query
-from core_rerank.registry import plain_setting, reranker_for
+from core_rerank.registry import reranker_for
+from core_rerank.wrapper_fields import deprecated_alias, plain_setting, renamed_setting
 
 if TYPE_CHECKING:
     from core_rerank import RankedResults, Reranker
 
 __all__ = ["CoReRerank"]
+
+_FRAMEWORK = ("pydantic", "llama_index")  # frames skipped to point deprecation warnings at the caller
 
 dispatcher = get_dispatcher(__name__)
 
@@ -91,32 +91,12 @@ class CoReRerank(BaseNodePostprocessor):
     @model_validator(mode="before")
     @classmethod
     def _renamed_score_threshold(cls, data: Any) -> Any:
-        # score_threshold: the deprecated name of min_relevance_score, accepted for one release (also in
-        # to_dict() output saved by earlier versions, which from_dict() reads).
-        if not isinstance(data, Mapping) or "score_threshold" not in data:
-            return data
-        if "min_relevance_score" in data:
-            raise ValueError("give min_relevance_score only: score_threshold is its deprecated name")
-        warnings.warn(
-            "CoReRerank(score_threshold=...) is deprecated: use min_relevance_score=... (same meaning: "
-            "a minimum NodeWithScore.score)",
-            DeprecationWarning,
-            stacklevel=_caller_stacklevel(),
+        # score_threshold: the deprecated name of min_relevance_score, accepted for one release.
+        return renamed_setting(
+            data, "score_threshold", "min_relevance_score", "a minimum NodeWithScore.score", _FRAMEWORK
         )
-        data = dict(data)
-        data["min_relevance_score"] = data.pop("score_threshold")
-        return data
 
-    @property
-    def score_threshold(self) -> float | None:
-        """Deprecated name of ``min_relevance_score`` (readable and settable for one release)."""
-        warnings.warn(_THRESHOLD_RENAMED, DeprecationWarning, stacklevel=_caller_stacklevel())
-        return self.min_relevance_score
-
-    @score_threshold.setter
-    def score_threshold(self, value: float | None) -> None:
-        warnings.warn(_THRESHOLD_RENAMED, DeprecationWarning, stacklevel=_caller_stacklevel())
-        self.min_relevance_score = value
+    score_threshold = deprecated_alias("score_threshold", "min_relevance_score", _FRAMEWORK)
 
     @classmethod
     def class_name(cls) -> str:
@@ -184,17 +164,6 @@ class CoReRerank(BaseNodePostprocessor):
                 node = node.model_copy(update={"metadata": {**node.metadata, "retrieval_score": original.score}})
             out.append(NodeWithScore(node=node, score=result.normalized_score))
         return out
-
-
-def _caller_stacklevel() -> int:
-    """``warnings.warn`` stacklevel of the first frame outside pydantic and LlamaIndex (this package included)."""
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in ("pydantic", "llama_index"):
-        level, frame = level + 1, frame.f_back
-    return level
-
-
-_THRESHOLD_RENAMED = "CoReRerank.score_threshold is deprecated: use min_relevance_score"
 
 
 def _query_str(query_bundle: QueryBundle | None) -> str:

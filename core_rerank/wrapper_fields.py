@@ -1,0 +1,65 @@
+"""Field helpers the framework wrappers share: settings as plain data, and renamed settings that still work.
+
+Kept light (no torch, no transformers), so importing a wrapper stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Collection, Mapping
+from typing import Any
+
+__all__ = ["deprecated_alias", "plain_setting", "renamed_setting"]
+
+
+def plain_setting(name: str, value: Any) -> Any:
+    """An engine setting as plain data, so a wrapper's fields serialize and round-trip: paths as
+    strings for ``model`` / ``heads``, a ``torch.dtype`` as its name (``"bfloat16"``) for ``dtype``."""
+    if name in ("model", "heads") and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if name == "dtype" and value is not None and not isinstance(value, str):
+        return str(value).removeprefix("torch.")
+    return value
+
+
+def caller_stacklevel(framework: Collection[str]) -> int:
+    """``warnings.warn`` stacklevel of the first frame outside the ``framework`` packages (pydantic, the
+    framework, the wrapper): the user's line, whatever path the framework took to get here."""
+    level, frame = 2, sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in framework:
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+def renamed_setting(data: Any, old: str, new: str, meaning: str, framework: Collection[str]) -> Any:
+    """Body of a pydantic ``mode="before"`` model validator: a setting given under its deprecated name
+    ``old`` becomes ``new``, with a ``DeprecationWarning`` at the caller's line; giving both is an error."""
+    if not isinstance(data, Mapping) or old not in data:
+        return data
+    if new in data:
+        raise ValueError(f"give {new} only: {old} is its deprecated name")
+    warnings.warn(
+        f"CoReRerank({old}=...) is deprecated: use {new}=... (same meaning: {meaning})",
+        DeprecationWarning,
+        stacklevel=caller_stacklevel(framework),
+    )
+    data = dict(data)
+    data[new] = data.pop(old)
+    return data
+
+
+def deprecated_alias(old: str, new: str, framework: Collection[str]) -> property:
+    """A property that reads and sets ``new`` under the deprecated name ``old``, warning each time."""
+    message = f"CoReRerank.{old} is deprecated: use {new}"
+
+    def get(self: Any) -> Any:
+        warnings.warn(message, DeprecationWarning, stacklevel=caller_stacklevel(framework))
+        return getattr(self, new)
+
+    def set_(self: Any, value: Any) -> None:
+        warnings.warn(message, DeprecationWarning, stacklevel=caller_stacklevel(framework))
+        setattr(self, new, value)
+
+    return property(get, set_, doc=f"Deprecated name of ``{new}`` (readable and settable for one release).")
