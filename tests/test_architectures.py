@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SANITY_DOCS, assert_same_heads_agree, assert_signals_match_eager
+from conftest import SANITY_DOCS, TINY_LLAMA, assert_same_heads_agree, assert_signals_match_eager
 
 from core_rerank import Reranker
 from core_rerank.packaged import find_packaged
 
 QUERY = "which organelle makes ATP for the cell?"
 DOCS = SANITY_DOCS[:5] + SANITY_DOCS[6:7]
-COMMON = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=4096,
-)
+COMMON = TINY_LLAMA  # the shape of every tiny test model
 
 
 def _tiny_configs():
