@@ -7,7 +7,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from . import scoring
@@ -64,6 +64,13 @@ class _Window:
     @property
     def length(self) -> int:
         return max(len(self.ids_query), len(self.ids_null))
+
+
+@dataclass(frozen=True)
+class WindowSignals(_Window):
+    """Attention signals of one prompt and where its parts sit, in token indices."""
+
+    signals: HeadSignals
 
 
 class Reranker:
@@ -288,14 +295,7 @@ class Reranker:
                 f"the prompt is {window.length} tokens, over max_tokens={self.max_tokens}: pass fewer or shorter "
                 "texts, or raise max_tokens"
             )
-        return WindowSignals(
-            self._signals(window),
-            window.doc_spans,
-            window.ids_query,
-            window.query_rows,
-            window.ids_null,
-            window.null_rows,
-        )
+        return WindowSignals(**{f.name: getattr(window, f.name) for f in fields(window)}, signals=self._signals(window))
 
     def __repr__(self) -> str:
         quant = self.quantization or str(self.dtype).replace("torch.", "")
@@ -441,18 +441,6 @@ class Reranker:
             for d in placed:
                 window_of[d.index] = w
         return (raw if head_rows is not None else raw[""]), window_of
-
-
-@dataclass(frozen=True)
-class WindowSignals:
-    """Attention signals of one prompt and where its parts sit, in token indices."""
-
-    signals: HeadSignals
-    doc_spans: list[tuple[int, int]]
-    ids_query: list[int]
-    query_rows: tuple[int, int]
-    ids_null: list[int]
-    null_rows: tuple[int, int]
 
 
 def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
