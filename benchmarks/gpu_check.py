@@ -1,0 +1,104 @@
+"""GPU check: CUDA dense and 4-bit NF4, signals against eager attention, ``rank`` timings at 20 and 50 documents.
+
+    OUT=/tmp/out python benchmarks/gpu_check.py [--model default]
+
+Run by ``benchmarks/gpu_check.sh`` on a lent GPU machine; writes ``$OUT/gpu_check.json``. Every check is
+recorded with its numbers; a missing piece (bitsandbytes, the model) is recorded as skipped with the reason.
+Without CUDA it stops at once with a clear message (exit status 2): nothing here falls back to the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def timed_rank(rr, query: str, docs: list[str], repeats: int = 5) -> dict:
+    import torch
+
+    rr.rank(query, docs)  # warm-up
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        rr.rank(query, docs)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4)}
+
+
+def check(name: str, results: dict, fn) -> None:
+    t0 = time.perf_counter()
+    try:
+        results[name] = {"ok": True, **fn()}
+    except Exception as exc:  # recorded, the other checks still run
+        results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+    results[name]["seconds"] = round(time.perf_counter() - t0, 1)
+    print(name, json.dumps(results[name])[:400], flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.environ.get("GPU_CHECK_MODEL", "default"))
+    args = parser.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"gpu_check: CUDA is not available to torch {torch.__version__}; run this on a GPU machine")
+        return 2
+    from bench_engine import QUERY, documents
+    from conftest import SANITY_DOCS, assert_signals_match_eager
+
+    from core_rerank import Reranker
+
+    out = Path(os.environ.get("OUT", "."))
+    results: dict = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "model": args.model,
+    }
+    query = "which organelle makes ATP for the cell?"
+
+    def dense():
+        rr = Reranker(args.model, heads="all", dtype="float32", device="cuda", quantization=None)
+        w = assert_signals_match_eager(rr, query, SANITY_DOCS, atol=1e-4)
+        return {"heads": len(w.signals.heads), "max_abs_diff_vs_eager": "< 1e-4 (asserted)"}
+
+    def nf4():
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            return {"skipped": "bitsandbytes is not installed"}
+        import numpy as np
+
+        dense_rr = Reranker(args.model, device="cuda", quantization=None)
+        q4 = Reranker(args.model, device="cuda", quantization="4bit")
+        docs = documents(20)
+        a, b = dense_rr.score(QUERY, docs), q4.score(QUERY, docs)
+        r = float(np.corrcoef(a, b)[0, 1])
+        return {"pearson_r_vs_dense": round(r, 4), "same_top1": int(np.argmax(a)) == int(np.argmax(b))}
+
+    def timings():
+        rr = Reranker(args.model, device="cuda")
+        return {f"rank_{n}_docs": timed_rank(rr, QUERY, documents(n)) for n in (20, 50)} | {"reranker": repr(rr)}
+
+    check("dense_fp32_signals_vs_eager", results, dense)
+    check("nf4_vs_dense", results, nf4)
+    check("rank_timings", results, timings)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(results, indent=1) + "\n")
+    return 0 if all(v.get("ok", True) for v in results.values() if isinstance(v, dict)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
