@@ -67,14 +67,14 @@ def _forward(model, ids: Sequence[int], cache: DynamicCache, capture: AttentionC
 def _check(
     model_name: str,
     dtype: torch.dtype,
-    heads_by_layer: Mapping[int, list[int]],
+    heads: Sequence[tuple[int, int]],
     passes: Sequence[AttentionCapture],
     signals: torch.Tensor,
 ) -> None:
     """Refuse to score from a signal that is not the model's attention: a selected layer whose attention
     never reached the capture (it would read as zeros and leave the input order), or non-finite values."""
     for capture in passes:
-        unseen = sorted(set(heads_by_layer) - capture.seen)
+        unseen = sorted({layer for layer, _ in heads} - capture.seen)
         if unseen:
             raise ScoringError(
                 f"model {model_name!r}: the attention of layer(s) {unseen} never reached core-rerank's capture, so "
@@ -83,7 +83,6 @@ def _check(
                 "Choose heads in layers that use standard attention (detect a list with `core-rerank detect-heads`)."
             )
     finite = torch.isfinite(signals).all(dim=1).tolist()
-    heads = [(layer, h) for layer, hs in heads_by_layer.items() for h in hs]
     broken = sorted({layer for (layer, _), ok in zip(heads, finite) if not ok})
     if broken:
         raise ScoringError(
@@ -129,7 +128,7 @@ def head_signals(
     base = _stack(prefix.sums, heads_by_layer, key_end, device)
     query = (base + _stack(on_query.sums, heads_by_layer, key_end, device)) / (q_rows_query[1] - q_rows_query[0])
     null = (base + _stack(on_null.sums, heads_by_layer, key_end, device)) / (q_rows_null[1] - q_rows_null[0])
-    name = model_name or type(model).__name__
-    _check(name, model.dtype, heads_by_layer, (on_query, on_null), torch.cat([query, null], dim=1))
     heads = tuple((layer, h) for layer, hs in heads_by_layer.items() for h in hs)
+    name = model_name or type(model).__name__
+    _check(name, model.dtype, heads, (on_query, on_null), torch.cat([query, null], dim=1))
     return HeadSignals(heads, query.cpu(), null.cpu(), shared)

@@ -275,14 +275,13 @@ def _load(source, num_layers, dtype, quantization, device, local_files_only) -> 
             location, revision=source.revision, **_offline_kwargs(local_files_only)
         )
         model = AutoModel.from_pretrained(location, **kwargs)
-    except RuntimeError as exc:
-        if quant_config is not None and "out of memory" not in str(exc).lower():
+    except Exception as exc:
+        bnb_failed = isinstance(exc, RuntimeError) and quant_config is not None
+        if bnb_failed and "out of memory" not in str(exc).lower():
             raise DeviceUnavailableError(
                 f"bitsandbytes {quantization} could not load on device {device!r}: {exc}. "
                 "Use quantization=None (dense) or a device bitsandbytes supports."
             ) from exc
-        raise explain_load_failure(exc, source.model_id, location, local_files_only, quantization) from exc
-    except Exception as exc:
         raise explain_load_failure(exc, source.model_id, location, local_files_only, quantization) from exc
     finally:
         hf_logging.set_verbosity(verbosity)

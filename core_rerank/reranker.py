@@ -370,24 +370,19 @@ class Reranker:
         label = self._label_tokens(len(live))
         sizes = [d.tokens + label for d in live]
         budget = self.max_tokens - self._overhead - query_tokens
-        if max(sizes) > budget:
-            raise ContextLengthError(
-                f"the query is {query_tokens} tokens: with the prompt ({self._overhead} tokens) and the longest "
-                f"document ({max(sizes)} tokens with its label) it exceeds max_tokens={self.max_tokens}; shorten "
-                "the query, lower max_doc_tokens or raise max_tokens"
-            )
         while True:
+            if max(sizes) > budget:
+                raise ContextLengthError(
+                    f"the query is {query_tokens} tokens: with the prompt ({self._overhead} tokens) and the longest "
+                    f"document ({max(sizes)} tokens with its label) it exceeds max_tokens={self.max_tokens}; "
+                    "shorten the query, lower max_doc_tokens or raise max_tokens"
+                )
             groups = [[live[j] for j in w] for w in plan_windows(sizes, budget)]
             windows = [self._window(query, [d.scored_text for d in self._placed(g)]) for g in groups]
             over = max(w.length for w in windows) - self.max_tokens
             if over <= 0:
                 return list(zip(groups, windows))
             budget -= over  # tokens merged differently in place than alone: re-plan with the measured excess
-            if max(sizes) > budget:
-                raise ContextLengthError(
-                    f"cannot fit the longest document and the query within max_tokens={self.max_tokens}; "
-                    "raise max_tokens or lower max_doc_tokens"
-                )
 
     def _head_rows(self, head_sets: Mapping[str, Sequence[tuple[int, int]]]) -> dict[str, list[int]]:
         """Rows of each head set in this reranker's signals (its head list's order)."""
