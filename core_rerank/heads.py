@@ -10,6 +10,7 @@ the source, so that a list can always be traced back to how it was made.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -63,6 +64,9 @@ class HeadList:
     source: str = ""
     score_matrix: tuple[tuple[float, ...], ...] | None = None
     origin: str = "<in memory>"
+    calibration: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """Maps fitted for these heads on training data: ``relevance`` = ``{"a", "b", ...}`` turns a raw score
+    into a calibrated probability of relevance (:func:`core_rerank.scoring.relevance`); empty when none."""
 
     def __post_init__(self) -> None:
         where = f"head list {self.origin}"
@@ -88,6 +92,7 @@ class HeadList:
                 )
         if self.scores is not None and len(self.scores) != len(self.heads):
             raise HeadListError(f"{where}: {len(self.scores)} scores for {len(self.heads)} heads")
+        _check_calibration(self.calibration, where)
 
     # ----------------------------------------------------------------- views
     @property
@@ -176,6 +181,7 @@ class HeadList:
                 source=str(data.get("source", "")),
                 score_matrix=None if matrix is None else tuple(tuple(float(v) for v in row) for row in matrix),
                 origin=origin,
+                calibration=_copy_if_mapping(data.get("calibration") or {}),
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, HeadListError):
@@ -199,6 +205,7 @@ class HeadList:
             "detection": dict(self.detection),
             "source": self.source,
             "score_matrix": None if self.score_matrix is None else [list(r) for r in self.score_matrix],
+            **({"calibration": dict(self.calibration)} if self.calibration else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -222,6 +229,28 @@ class HeadList:
                 f"{got[0]} layers x {got[1]} heads / {got[2]} kv heads. Use a head list made for this model, "
                 "heads='all', or detect one with `core-rerank detect-heads`."
             )
+
+
+def _copy_if_mapping(value: Any) -> Any:
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def _check_calibration(calibration: Any, where: str) -> None:
+    """A relevance map must be increasing (a > 0) with finite coefficients: anything else is a corrupt list."""
+    if not isinstance(calibration, Mapping):
+        raise HeadListError(f"{where}: 'calibration' must be an object, got {type(calibration).__name__}")
+    rel = calibration.get("relevance")
+    if rel is None:
+        return
+    if not isinstance(rel, Mapping):
+        raise HeadListError(f"{where}: calibration 'relevance' must be an object with 'a' and 'b'")
+    a, b = rel.get("a"), rel.get("b")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (a, b))
+    if not numbers or not a > 0:
+        raise HeadListError(
+            f"{where}: calibration 'relevance' needs finite numbers 'a' > 0 and 'b' (got a={a!r}, b={b!r}): "
+            "relevance = 1 / (1 + exp(-(a * score + b))) must increase with the score"
+        )
 
 
 def _one_line(match: re.Match[str]) -> str:

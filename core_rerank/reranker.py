@@ -212,6 +212,7 @@ class Reranker:
             return RankedResults(query, [], 0, self.head_list.describe())
         raw, windows = self._score(query, docs, show_progress_bar)
         normalized = scoring.softmax(raw, self.temperature)
+        relevance = self._relevance(raw)
         order = sorted(range(len(docs)), key=lambda i: (-raw[i], i))
         results = [
             RankResult(
@@ -224,6 +225,7 @@ class Reranker:
                 truncated=docs[i].truncated,
                 tokens=docs[i].tokens,
                 window=windows[i],
+                relevance=relevance[i],
             )
             for r, i in enumerate(order)
         ]
@@ -304,7 +306,18 @@ class Reranker:
             f"layers={self._loaded.layers_loaded}/{self._loaded.shape.num_layers}, {quant}, {self.device})"
         )
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether results carry a calibrated ``relevance`` (the head list has a fitted relevance map)."""
+        return "relevance" in self.head_list.calibration
+
     # ---------------------------------------------------------------- internals
+    def _relevance(self, raw: Sequence[float]) -> list[float | None]:
+        fit = self.head_list.calibration.get("relevance")
+        if fit is None:
+            return [None] * len(raw)
+        return [scoring.relevance(s, fit["a"], fit["b"]) for s in raw]
+
     @property
     def _add_special(self) -> bool:
         # A chat template writes its own BOS; a base model needs the tokenizer's.

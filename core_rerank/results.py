@@ -16,9 +16,12 @@ class RankResult:
 
     ``index`` is its position in the input list (``corpus_id`` is an alias). ``score`` is the raw
     calibrated attention score (higher is more relevant; unbounded, may be negative; ``-inf`` for an
-    empty document, which ranks last). ``normalized_score`` is the softmax of the scores over this list's
-    candidates (0 for an empty document). ``truncated`` says the document was cut to the per-document
-    token budget before scoring.
+    empty document, which ranks last). ``relevance`` is the calibrated probability that the document is
+    relevant, in [0, 1]: a monotone map of its own ``score`` fitted on labelled training data for the head
+    list (comparable across queries and list sizes; a lone irrelevant document stays low), ``None`` when the
+    head list has no fitted map. ``normalized_score`` is the softmax of the scores over this list's
+    candidates (sums to 1 over the list; 0 for an empty document): a share, not a probability.
+    ``truncated`` says the document was cut to the per-document token budget before scoring.
     """
 
     index: int
@@ -30,6 +33,7 @@ class RankResult:
     truncated: bool = False
     tokens: int = 0
     window: int = 0
+    relevance: float | None = None
 
     @property
     def corpus_id(self) -> int:
@@ -46,6 +50,7 @@ class RankResult:
         return {
             "corpus_id": self.index,
             "score": self.json_score,
+            "relevance": self.relevance,
             "normalized_score": self.normalized_score,
             "rank": self.rank,
             "text": self.text,

@@ -7,6 +7,11 @@ This module is the one place the scoring formula lives (docs/method.md, section 
     score(d) = sum over j in d of m(j) * c(j)
 
 where s(j) is the attention signal summed over the selected heads (see ``head_signal``).
+
+Two maps of the raw score live here too. ``relevance``: a calibrated probability that the document is
+relevant, ``1 / (1 + exp(-(a * score + b)))`` with ``a > 0, b`` fitted per head list on labelled training
+data (the head list's ``calibration``); it reads only the document's own score, so it is comparable across
+queries and lists. ``softmax``: the list-relative ``normalized_score``.
 The std is the sample std (n - 1), as torch computes it in the reference code. The mask drops
 outliers; a document without spread (one token, or all c(j) equal) has none and keeps every token.
 """
@@ -18,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["document_masses", "document_scores", "softmax"]
+__all__ = ["document_masses", "document_scores", "relevance", "softmax"]
 
 
 def document_scores(
@@ -65,3 +70,12 @@ def softmax(scores: Sequence[float], temperature: float | None = None) -> list[f
     if not temperature > 0:  # all finite scores equal
         temperature = 1.0
     return torch.softmax(t / temperature, dim=0).tolist()
+
+
+def relevance(score: float, a: float, b: float) -> float:
+    """Calibrated probability of relevance of a raw score: logistic ``1 / (1 + exp(-(a * score + b)))``
+    (``a > 0``: monotone in the score); an empty document (``-inf``) gets 0."""
+    if not math.isfinite(score):
+        return 0.0 if score < 0 else 1.0
+    t = a * score + b
+    return 1.0 / (1.0 + math.exp(-t)) if t >= 0 else math.exp(t) / (1.0 + math.exp(t))

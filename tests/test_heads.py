@@ -63,6 +63,11 @@ def _write(tmp_path, data) -> str:
         (lambda d: d.update(method="magic"), "method must be"),
         (lambda d: d.update(scores=[1.0]), "scores for"),
         (lambda d: d.update(num_heads=0), "positive integer"),
+        (lambda d: d.update(calibration=[1, 2]), "'calibration' must be an object"),
+        (lambda d: d.update(calibration={"relevance": {"a": -1.0, "b": 0.0}}), "must increase"),
+        (lambda d: d.update(calibration={"relevance": {"a": 1.0, "b": float("nan")}}), "finite numbers"),
+        (lambda d: d.update(calibration={"relevance": {"a": 1.0}}), "finite numbers"),
+        (lambda d: d.update(calibration={"relevance": 3}), "with 'a' and 'b'"),
     ],
 )
 def test_corrupt_lists_raise_head_list_error(tmp_path, mutate, message):
@@ -70,6 +75,15 @@ def test_corrupt_lists_raise_head_list_error(tmp_path, mutate, message):
     mutate(data)
     with pytest.raises(HeadListError, match=message):
         load_head_list(_write(tmp_path, data))
+
+
+def test_calibration_round_trips(tmp_path):
+    data = find_bundled_head_list("microsoft/phi-4").to_dict()
+    assert "calibration" not in data  # a list without a fitted map writes none
+    data["calibration"] = {"relevance": {"a": 2.5, "b": -1.0, "fitted_on": "train"}}
+    again = load_head_list(_write(tmp_path, data))
+    assert again.calibration["relevance"]["a"] == 2.5
+    assert load_head_list(again.save(tmp_path / "again.json")).to_dict() == again.to_dict()
 
 
 def test_unreadable_and_missing_files(tmp_path):

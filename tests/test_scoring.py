@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from core_rerank.scoring import document_scores, softmax
+from core_rerank.scoring import document_scores, relevance, softmax
 
 
 def test_calibration_and_mask_hand_computed():
@@ -54,3 +54,13 @@ def test_softmax_is_scale_free_by_default_and_handles_inf():
     assert softmax([3.0]) == [1.0]
     assert softmax([]) == []
     assert softmax([1.0, 1.0]) == pytest.approx([0.5, 0.5])
+
+
+def test_relevance_is_a_monotone_probability_of_the_score_alone():
+    a, b = 3.0, -2.0
+    xs = [-1e6, -5.0, -0.5, 0.0, 0.3, 2.0, 1e6]
+    ps = [relevance(x, a, b) for x in xs]
+    assert all(0.0 <= p <= 1.0 for p in ps) and ps == sorted(ps)
+    assert relevance(0.0, a, b) == pytest.approx(1 / (1 + math.exp(2.0)))
+    assert relevance(-math.inf, a, b) == 0.0  # an empty document
+    assert relevance(1e6, a, b) == 1.0 and relevance(-1e6, a, b) == 0.0  # no overflow either way

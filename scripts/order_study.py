@@ -1,0 +1,196 @@
+"""Issue 10 study: what the attention reads behind the retrievers users run, and what makes it robust.
+
+    python scripts/order_study.py collect --part train|dev|test [--per-set N]   # forward passes (slow)
+    python scripts/order_study.py analyze                                       # everything else (seconds)
+
+``collect`` runs the default model once per (query, candidate pool, placement) with EVERY head captured and
+stores, per document and head, the query-row attention mass, the N/A-row mass and the engine's calibrated,
+masked score (``core_rerank.scoring.document_scores`` per head), with both first stages' scores, in
+WORK/<part>.pkl (resumable; not committed: tens of MB). Pools: ``bm25`` = the split's BM25 run (or candidate
+pool ordered by bm25s) top 20; ``dense`` = the same top-100 pool re-ordered by all-MiniLM-L6-v2, top 20.
+Placements (the engine's default ``order="reverse"`` applied to the input order): ``fs`` = first-stage order in
+(best candidate nearest the query), ``rev`` = reversed in (best farthest), ``shuf`` = seeded shuffle.
+
+Data discipline: train = the detection part of SciFact train (75% of its queries, the same seeded split as
+head detection) + WikiQA train: fits calibration, position bias and fusion weights. dev = the held-out 25% of
+SciFact train + NFCorpus dev: every choice. test = the shared test splits: the tables only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+DEPTH = 20
+MAX_DOC_TOKENS = 200
+PLACES = {"bm25": ("fs", "shuf"), "dense": ("fs",)}  # shuffled input once per query: the diagnostic
+TEST_SETS = [
+    "scifact",
+    "trec-dl19-passage",
+    "trec-dl20-passage",
+    "hotpotqa_distractor_dev500",
+    "dbpedia_entity_sub50",
+    "nfcorpus_tokenized",
+    "wikiqa_tok",
+    "cranfield",
+    "cisi",
+    "med",
+    "cacm",
+    "adi",
+]
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def parts(part: str, per_set: int, shard: int | None = None):
+    """(dataset, query ids, {pool: placements}) of a part."""
+    from core_rerank.research.datasets import load_dataset
+    from core_rerank.research.detection import split_queries
+    from core_rerank.research.evaluation import _select
+
+    if part == "train":
+        sci = load_dataset(DATA / "scifact", "train")
+        det, _ = split_queries(sci.query_ids, 0.25, seed=0)
+        wiki = load_dataset(DATA / "wikiqa_tok", "train")
+        return [
+            (sci, _select(det, per_set), PLACES),
+            (wiki, _select(wiki.query_ids, per_set // 2), {"bm25": ("fs", "shuf")}),
+        ]
+    if part == "dev":
+        sci = load_dataset(DATA / "scifact", "train")
+        _, held = split_queries(sci.query_ids, 0.25, seed=0)
+        nf = load_dataset(DATA / "nfcorpus_tokenized", "dev")
+        return [(sci, _select(held, per_set), PLACES), (nf, _select(nf.query_ids, per_set), PLACES)]
+    out = []
+    names = TEST_SETS if shard is None else TEST_SETS[shard::2]
+    for name in names:
+        ds = load_dataset(DATA / name, "test")
+        out.append((ds, _select(ds.query_ids, per_set), PLACES))
+    return out
+
+
+def per_head_scores(signals, spans):
+    """(heads, docs) arrays: query mass, N/A mass, calibrated masked score (the engine's formula per head)."""
+    import numpy as np
+
+    from core_rerank.scoring import document_scores
+
+    q, n = signals.query, signals.null
+    qm = np.stack([q[:, a:b].sum(1).numpy() for a, b in spans], axis=1)
+    nm = np.stack([n[:, a:b].sum(1).numpy() for a, b in spans], axis=1)
+    cal = np.array([document_scores(q[h], n[h], spans) for h in range(q.shape[0])])
+    return qm.astype("float32"), nm.astype("float32"), cal.astype("float32")
+
+
+def collect(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from core_rerank.research.evaluation import DenseScorer, evaluation_reranker
+
+    suffix = "" if args.shard is None else f"-{args.shard}"
+    out_path = args.work / f"{args.part}{suffix}.pkl"
+    store = pickle.loads(out_path.read_bytes()) if out_path.is_file() else {}
+    rr = evaluation_reranker("default", order="given", max_doc_tokens=MAX_DOC_TOKENS)
+    dense = DenseScorer()
+    from core_rerank.heads import find_bundled_head_list
+    from core_rerank.research.datasets import first_stage
+    from core_rerank.scoring import document_scores
+
+    row = {h: i for i, h in enumerate(rr.head_list.heads)}
+    set_rows = {"icr": list(range(len(row)))}
+    for method in ("core", "qr"):
+        set_rows[method] = [row[h] for h in find_bundled_head_list(rr.model_id, method).heads]
+
+    todo = parts(args.part, args.per_set, args.shard)
+    total = sum(len(q) for _, q, _ in todo)
+    done = 0
+    t0 = time.perf_counter()
+    for ds, qids, pools in todo:
+        cands, _ = first_stage(ds)
+        for qid in qids:
+            done += 1
+            key = (ds.name, qid)
+            if key in store and "sets" in next(iter(store[key]["pools"].values()), {}):
+                continue
+            c = cands.get(qid)
+            ids = [d for d in (c.doc_ids if c else []) if d in ds.corpus]
+            if not ids:
+                continue
+            bm = dict(zip(c.doc_ids, c.scores))
+            texts = {d: ds.doc_text(d) for d in ids}
+            query = ds.queries[qid]
+            ds_scores = dense.score(query, [texts[d] for d in ids])
+            dn = dict(zip(ids, ds_scores))
+            rec = {"query": query, "qrels": dict(ds.qrels.get(qid, {})), "bm25": bm, "dense": dn, "pools": {}}
+            for pool, places in pools.items():
+                order = ids[:DEPTH] if pool == "bm25" else sorted(ids, key=lambda d: -dn[d])[:DEPTH]
+                docs = rr._prepare([texts[d] for d in order])
+                for place in places:
+                    if place == "fs":
+                        placed = list(range(len(order)))[::-1]
+                    elif place == "rev":
+                        placed = list(range(len(order)))
+                    else:
+                        perm = list(range(len(order)))
+                        random.Random(f"{ds.name}/{qid}/{pool}").shuffle(perm)
+                        placed = perm
+                    sig = rr.attention_signals(query, [docs[i].scored_text for i in placed])
+                    qm, nm, cal = per_head_scores(sig.signals, sig.doc_spans)
+                    sets = {
+                        name: document_scores(
+                            sig.signals.query[rows].sum(0), sig.signals.null[rows].sum(0), sig.doc_spans
+                        )
+                        for name, rows in set_rows.items()
+                    }
+                    inv = [0] * len(placed)
+                    for pos, i in enumerate(placed):
+                        inv[i] = pos
+                    # columns back in first-stage order; pos = placement position (0 = farthest from the query)
+                    rec["pools"][(pool, place)] = {
+                        "doc_ids": order,
+                        "pos": inv,
+                        "tokens": [sig.doc_spans[inv[i]][1] - sig.doc_spans[inv[i]][0] for i in range(len(order))],
+                        "qm": qm[:, inv],
+                        "nm": nm[:, inv],
+                        "cal": cal[:, inv],
+                        "sets": {name: [v[j] for j in inv] for name, v in sets.items()},
+                    }
+            store[key] = rec
+            if done % 5 == 0 or done == total:
+                out_path.write_bytes(pickle.dumps(store))
+                rate = (time.perf_counter() - t0) / max(1, done)
+                log(f"{args.part}: {done}/{total} queries ({rate:.1f} s/query incl. skipped)")
+    out_path.write_bytes(pickle.dumps(store))
+    (args.work / "heads.pkl").write_bytes(pickle.dumps(list(rr.head_list.heads)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["collect", "analyze"])
+    p.add_argument("--part", choices=["train", "dev", "test"], default="dev")
+    p.add_argument("--per-set", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--shard", type=int, choices=[0, 1], help="test part: every other test set, for 2 processes")
+    p.add_argument("--work", type=Path, default=Path("/work/study"))
+    args = p.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.stage == "collect":
+        collect(args)
+    else:
+        from study_analysis import analyze
+
+        analyze(args)
+
+
+if __name__ == "__main__":
+    main()
