@@ -188,6 +188,73 @@ def detect_heads(
     console.print(f"wrote {out}: {', '.join(f'{a}-{b}' for a, b in head_list.heads)} ({len(samples)} samples)")
 
 
+@app.command()
+def calibrate(
+    data: Annotated[
+        list[str],
+        typer.Option(
+            "--data", help="Labelled training data: DIR[:SPLIT] (BEIR layout), repeatable; never a test split."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Head-list JSON to write (the list + its relevance map).")],
+    split: Annotated[str, typer.Option(help="Split of every --data DIR given without :SPLIT.")] = "train",
+    model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
+    heads: Annotated[
+        str | None, typer.Option(help="Head list to calibrate (path or 'all'). Default: the model's bundled list.")
+    ] = None,
+    depth: Annotated[int, typer.Option(min=2, help="First-stage candidates per query, passed best first.")] = 20,
+    max_queries: Annotated[int | None, typer.Option(min=1, help="A fixed seeded sample of queries per set.")] = None,
+    max_doc_tokens: Annotated[int, typer.Option(min=8, help="Per-document token cap, as you will rank.")] = 400,
+    device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'. Default: CUDA if available.")] = None,
+) -> None:
+    """Fit the calibrated `relevance` of a head list on labelled data: a logistic map of each document's raw
+    score to the probability that it is relevant, written into the head list (load it with --heads / heads=)."""
+    from dataclasses import replace
+
+    from .reranker import Reranker
+    from .research.calibration import fit_logistic, labelled_scores, reliability
+    from .research.datasets import load_dataset
+    from .research.evaluation import _select
+    from .scoring import relevance
+
+    sets = []
+    for spec in data:
+        folder, part = _data_spec(spec, split)
+        if part == "test":
+            console.print(f"[yellow]warning:[/yellow] calibrating on a test split ({spec}) leaks into evaluation")
+        ds = load_dataset(folder, part)
+        sets.append((ds, _select(ds.query_ids, max_queries)))
+    try:
+        reranker = Reranker(model, heads=heads, device=device, max_doc_tokens=max_doc_tokens, max_documents=None)
+    except (CoreRerankError, ValueError, TypeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    total = sum(len(q) for _, q in sets)
+    with progress_bar("scoring labelled candidates", total) as progress:
+        xs, ys = labelled_scores(reranker, sets, depth, progress)
+    try:
+        a, b = fit_logistic(xs, ys)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    check = reliability([relevance(x, a, b) for x in xs], ys)
+    fitted_on = ", ".join(f"{ds.name}/{ds.split} ({len(q)} q)" for ds, q in sets)
+    fit = {
+        "a": a,
+        "b": b,
+        "fitted_on": f"{fitted_on}; first-stage top {depth}, best first; max_doc_tokens {max_doc_tokens}",
+        "documents": check.documents,
+        "relevant": check.relevant,
+        "ece_fit": round(check.ece, 4),
+    }
+    calibrated = replace(reranker.head_list, calibration={**reranker.head_list.calibration, "relevance": fit})
+    calibrated.save(out)
+    console.print(
+        f"wrote {out}: relevance = 1 / (1 + exp(-({a:.4g} * score + {b:.4g}))) from {check.documents} documents "
+        f"({check.relevant} relevant); ECE on the fitting data {check.ece:.3f}"
+    )
+
+
 _SHAPE = ("num_layers", "num_heads", "num_kv_heads")
 
 

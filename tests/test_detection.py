@@ -213,3 +213,34 @@ def test_cli_evaluate_first_stage_and_input_order(tmp_path):
     for flag, value in (("--first-stage", "splade"), ("--input-order", "sideways")):
         bad = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["evaluate", str(wiki), flag, value])
         assert bad.exit_code == 2 and flag in bad.output
+
+
+def test_cli_calibrate_writes_a_relevance_map_the_engine_uses(tmp_path):
+    """`calibrate` fits relevance on labelled training data and writes it into a head list; a Reranker
+    loading that list returns `relevance` in [0, 1], increasing with the raw score and computed from each
+    document's own score in whatever list it sits; a list without a map gives None."""
+    from typer.testing import CliRunner
+
+    from core_rerank import Reranker
+    from core_rerank.cli import app
+    from core_rerank.heads import load_head_list
+
+    wiki = shared_data("wikiqa_tok")
+    out = tmp_path / "calibrated.json"
+    args = ["calibrate", "--data", f"{wiki}:train", "--out", str(out), "--max-queries", "6", "--depth", "6"]
+    got = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*args, "--max-doc-tokens", "48"])
+    assert got.exit_code == 0, got.output
+    fit = load_head_list(out).calibration["relevance"]
+    assert fit["a"] > 0 and "wikiqa_tok/train (6 q)" in fit["fitted_on"] and fit["documents"] > 6
+    rr = Reranker(heads=out, max_doc_tokens=48)
+    assert rr.calibrated
+    query, docs = SANITY_QUERIES[0][0], SANITY_DOCS
+    results = rr.rank(query, docs)
+    rel = [r.relevance for r in results]
+    assert all(0.0 <= p <= 1.0 for p in rel) and rel == sorted(rel, reverse=True)
+    best = results[0]
+    alone = rr.rank(query, [docs[best.index], docs[results[-1].index]]).by_index(0)
+    assert alone.relevance == pytest.approx(
+        1 / (1 + np.exp(-(fit["a"] * alone.score + fit["b"]))), rel=1e-9
+    )  # the map of its own score
+    assert Reranker(heads="all", max_doc_tokens=48).rank(query, docs)[0].relevance is None  # no map
