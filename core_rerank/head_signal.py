@@ -1,9 +1,10 @@
-"""Per-head attention signals a_lh(j) for one list-wise prompt, with and without the real query.
+"""Per-head attention signals a_lh(j) for list-wise prompts that differ only in their query.
 
-Three forward passes share work: the common token prefix of the query prompt and the "N/A"
-prompt (system turn, documents, instruction) runs once; its KV cache is copied, and only the two
-differing suffixes run on top of it. Query-span rows that fall inside the shared prefix are
-captured once and count for both.
+The prompt puts the documents first and the query last, so the prompts of several queries over one
+document list, and the prompt of the content-free "N/A" query, share a long common token prefix (system
+turn, documents, instruction). That prefix runs once; every differing suffix (the N/A one, then one per
+query) runs on top of its KV cache. Query-span rows that fall inside the shared prefix are captured
+once and count for every prompt. One query is the special case of one suffix beside the N/A one.
 """
 
 from __future__ import annotations
@@ -13,14 +14,26 @@ import functools
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from .capture import AttentionCapture, capturing
 from .errors import ScoringError
 
-__all__ = ["HeadSignals", "head_signals"]
+__all__ = ["HeadSignals", "PromptTokens", "head_signals", "head_signals_many"]
+
+CacheReuse = Literal["auto", "copy", "crop"]
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """One prompt as token ids, and the token range [start, end) of its query span."""
+
+    ids: Sequence[int]
+    query_rows: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,25 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def shared_prefix(prompts: Sequence[PromptTokens]) -> int:
+    """Tokens at the start of every prompt that one forward pass can run for all of them.
+
+    It is the common prefix of the prompts' token ids (never of their texts: a merge at the boundary
+    changes ids, not text), leaving at least one token of every prompt to its own pass (its last
+    position must run there). It stops where a query span starts unless all spans start at the same
+    token, and never passes the end of a span, so the span rows it holds are the same rows of every
+    prompt.
+    """
+    first = prompts[0].ids
+    n = min(len(p.ids) for p in prompts) - 1
+    for p in prompts[1:]:
+        n = min(n, _common_prefix(first, p.ids))
+    starts = {p.query_rows[0] for p in prompts}
+    if len(starts) > 1:
+        n = min(n, min(starts))
+    return max(0, min(n, min(p.query_rows[1] for p in prompts)))
 
 
 def _stack(
@@ -62,6 +94,14 @@ def _forward(model, ids: Sequence[int], cache: DynamicCache, capture: AttentionC
     kwargs = {_cache_argument(type(model)): cache}
     with capturing(capture):
         model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True, **kwargs)
+
+
+def croppable(cache: DynamicCache) -> bool:
+    """Whether cropping ``cache`` back after a suffix restores exactly its state before it: only when every
+    layer is a plain full-attention ``DynamicLayer``. A sliding-window layer (Gemma 3, Mistral) has already
+    dropped its oldest keys and cannot be rolled back; a quantized or static layer keeps other state."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 def _check(
@@ -93,6 +133,68 @@ def _check(
 
 
 @torch.inference_mode()
+def head_signals_many(
+    model: torch.nn.Module,
+    heads_by_layer: Mapping[int, list[int]],
+    queries: Sequence[PromptTokens],
+    null: PromptTokens,
+    key_end: int,
+    model_name: str = "",
+    cache_reuse: CacheReuse = "auto",
+) -> list[HeadSignals]:
+    """Signals of every prompt in ``queries`` and of the ``null`` (N/A) prompt, all over the same documents:
+    the shared token prefix runs once, then the N/A suffix once and each query's suffix once.
+
+    Returns one :class:`HeadSignals` per query, in order; their ``null`` signal is the same tensor.
+    ``key_end`` is one past the last document token (only keys before it are kept). ``cache_reuse`` says
+    how each suffix starts from the prefix's KV cache: ``"copy"`` runs it on a deep copy (valid for any
+    cache), ``"crop"`` runs it on the cache itself and crops its tokens off afterwards (no copy; only
+    where :func:`croppable`), ``"auto"`` crops where valid and copies elsewhere. Both give the same numbers.
+    Raises :class:`ScoringError` when a selected layer's attention was never captured or a signal is not
+    finite.
+    """
+    if not queries:
+        return []
+    if cache_reuse not in ("auto", "copy", "crop"):
+        raise ValueError(f"cache_reuse must be 'auto', 'copy' or 'crop', got {cache_reuse!r}")
+    device = next(model.parameters()).device
+    prompts = [null, *queries]
+    shared = shared_prefix(prompts)
+    heads_by_layer = dict(sorted(heads_by_layer.items()))
+    cache = DynamicCache(config=model.config)
+    # Span rows inside the prefix are the same token positions in every prompt (shared_prefix sees to it).
+    prefix = AttentionCapture(heads_by_layer, (null.query_rows[0], shared), key_end, 0)
+    if shared:
+        _forward(model, null.ids[:shared], cache, prefix, device)
+    crop = cache_reuse == "crop" or (cache_reuse == "auto" and croppable(cache))
+    if crop and not croppable(cache):
+        raise ValueError(f"cache_reuse='crop': the KV cache of {model_name or type(model).__name__} cannot be cropped")
+
+    passes = []
+    for i, prompt in enumerate(prompts):
+        last = i == len(prompts) - 1
+        on = cache if crop or last else copy.deepcopy(cache)
+        suffix = prompt.ids[shared:]
+        capture = AttentionCapture(
+            heads_by_layer, (max(shared, prompt.query_rows[0]), prompt.query_rows[1]), key_end, shared
+        )
+        _forward(model, suffix, on, capture, device)
+        if crop and not last:
+            cache.crop(-len(suffix))
+        passes.append(capture)
+    del cache
+
+    base = _stack(prefix.sums, heads_by_layer, key_end, device)
+    means = [
+        (base + _stack(c.sums, heads_by_layer, key_end, device)) / (p.query_rows[1] - p.query_rows[0])
+        for p, c in zip(prompts, passes)
+    ]
+    heads = tuple((layer, h) for layer, hs in heads_by_layer.items() for h in hs)
+    _check(model_name or type(model).__name__, model.dtype, heads, passes, torch.cat(means, dim=1))
+    null_signal = means[0].cpu()
+    return [HeadSignals(heads, q.cpu(), null_signal, shared) for q in means[1:]]
+
+
 def head_signals(
     model: torch.nn.Module,
     heads_by_layer: Mapping[int, list[int]],
@@ -103,32 +205,16 @@ def head_signals(
     key_end: int,
     model_name: str = "",
 ) -> HeadSignals:
-    """Run the prefix, query and N/A passes and return the mean query-row attention of each head.
+    """The signals of one query prompt and its N/A prompt: :func:`head_signals_many` with one query.
 
     ``q_rows_*`` are the token ranges of the query span in each prompt; ``key_end`` is one past the
-    last document token (only keys before it are kept). Raises :class:`ScoringError` when a selected
-    layer's attention was never captured or a signal is not finite.
+    last document token.
     """
-    device = next(model.parameters()).device
-    shared = min(_common_prefix(ids_query, ids_null), len(ids_query) - 1, len(ids_null) - 1)
-    if q_rows_query[0] < shared and q_rows_query[0] != q_rows_null[0]:
-        raise AssertionError("query spans of the two prompts start at different tokens inside the shared prefix")
-    heads_by_layer = dict(sorted(heads_by_layer.items()))
-    cache = DynamicCache(config=model.config)
-    prefix = AttentionCapture(heads_by_layer, (q_rows_query[0], min(shared, q_rows_query[1])), key_end, 0)
-    _forward(model, ids_query[:shared], cache, prefix, device)
-    null_cache = copy.deepcopy(cache)
-    on_query = AttentionCapture(heads_by_layer, (max(shared, q_rows_query[0]), q_rows_query[1]), key_end, shared)
-    _forward(model, ids_query[shared:], cache, on_query, device)
-    del cache
-    on_null = AttentionCapture(heads_by_layer, (max(shared, q_rows_null[0]), q_rows_null[1]), key_end, shared)
-    _forward(model, ids_null[shared:], null_cache, on_null, device)
-    del null_cache
-
-    base = _stack(prefix.sums, heads_by_layer, key_end, device)
-    query = (base + _stack(on_query.sums, heads_by_layer, key_end, device)) / (q_rows_query[1] - q_rows_query[0])
-    null = (base + _stack(on_null.sums, heads_by_layer, key_end, device)) / (q_rows_null[1] - q_rows_null[0])
-    heads = tuple((layer, h) for layer, hs in heads_by_layer.items() for h in hs)
-    name = model_name or type(model).__name__
-    _check(name, model.dtype, heads, (on_query, on_null), torch.cat([query, null], dim=1))
-    return HeadSignals(heads, query.cpu(), null.cpu(), shared)
+    return head_signals_many(
+        model,
+        heads_by_layer,
+        [PromptTokens(ids_query, q_rows_query)],
+        PromptTokens(ids_null, q_rows_null),
+        key_end,
+        model_name,
+    )[0]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from . import scoring
 from .errors import ContextLengthError, InvalidInputError, InvalidInputTypeError
-from .head_signal import HeadSignals, head_signals
+from .head_signal import HeadSignals, PromptTokens, head_signals_many
 from .heads import HeadList, HeadSpec, resolve_head_list
 from .inputs import DEFAULT_MAX_DOCUMENTS, check_documents, check_query, check_threshold, check_top_n, document_text
 from .loading import LoadedModel, load_model, read_shape, resolve_device, resolve_dtype, resolve_quantization
@@ -297,7 +297,8 @@ class Reranker:
                 f"the prompt is {window.length} tokens, over max_tokens={self.max_tokens}: pass fewer or shorter "
                 "texts, or raise max_tokens"
             )
-        return WindowSignals(**{f.name: getattr(window, f.name) for f in fields(window)}, signals=self._signals(window))
+        signals = self._signals([window])[0]
+        return WindowSignals(**{f.name: getattr(window, f.name) for f in fields(window)}, signals=signals)
 
     def __repr__(self) -> str:
         quant = self.quantization or str(self.dtype).replace("torch.", "")
@@ -360,16 +361,19 @@ class Reranker:
             [spans_r(s) for s in real.doc_spans],
         )
 
-    def _signals(self, window: _Window) -> HeadSignals:
+    def _signals(self, windows: Sequence[_Window]) -> list[HeadSignals]:
+        """Signals of prompts over the same placed documents that differ only in their query (one per
+        query): the shared prefix and the N/A suffix run once, then each query's suffix."""
+        null = windows[0]
+        if any(w.ids_null != null.ids_null for w in windows[1:]):
+            raise AssertionError("prompts scored together must hold the same documents")
         with self._loaded.lock:
-            return head_signals(
+            return head_signals_many(
                 self._loaded.model,
                 self.head_list.heads_by_layer,
-                window.ids_query,
-                window.query_rows,
-                window.ids_null,
-                window.null_rows,
-                max((b for _, b in window.doc_spans), default=0),
+                [PromptTokens(w.ids_query, w.query_rows) for w in windows],
+                PromptTokens(null.ids_null, null.null_rows),
+                max((b for w in windows for _, b in w.doc_spans), default=0),
                 model_name=self.model_id,
             )
 
@@ -433,7 +437,7 @@ class Reranker:
         from tqdm.auto import tqdm
 
         for w, (group, window) in enumerate(tqdm(plan, desc="scoring windows", unit="window", disable=not show)):
-            signals = self._signals(window)
+            signals = self._signals([window])[0]
             # Attention mass spreads over the window's tokens: rescale so windows of different
             # length give comparable scores (identity with a single window).
             scale = window_tokens[w] / mean_tokens if window_tokens[w] else 1.0

@@ -196,13 +196,13 @@ def test_every_prompt_fits_max_tokens_with_many_short_documents(fp32_shallow, mo
 
     rr = Reranker(heads=SHALLOW_HEADS, dtype="float32", max_tokens=400, max_doc_tokens=32)
     lengths: list[int] = []
-    real = reranker_module.head_signals
+    real = reranker_module.head_signals_many
 
-    def measured(model, heads_by_layer, ids_query, q_rows, ids_null, *args, **kwargs):
-        lengths.append(max(len(ids_query), len(ids_null)))
-        return real(model, heads_by_layer, ids_query, q_rows, ids_null, *args, **kwargs)
+    def measured(model, heads_by_layer, queries, null, *args, **kwargs):
+        lengths.append(max(len(p.ids) for p in (*queries, null)))
+        return real(model, heads_by_layer, queries, null, *args, **kwargs)
 
-    monkeypatch.setattr(reranker_module, "head_signals", measured)
+    monkeypatch.setattr(reranker_module, "head_signals_many", measured)
     docs = [f"fact {i}" for i in range(150)]  # ~3 tokens each: the labels cost more than the text
     results = rr.rank("which fact is number 42?", docs)
     assert sorted(results.indices) == list(range(150)) and results.num_windows == len(lengths) > 1
