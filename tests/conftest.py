@@ -198,6 +198,34 @@ TINY_LLAMA = dict(
 )
 
 
+def tiny_config(arch: str):
+    """A transformers config of the tiny shape (TINY_LLAMA) for each tested architecture family."""
+    from transformers import GraniteConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
+    from transformers.models.gemma3 import Gemma3TextConfig
+
+    make = {
+        "llama": lambda: LlamaConfig(**TINY_LLAMA),
+        "qwen2": lambda: Qwen2Config(**TINY_LLAMA),
+        "mistral": lambda: MistralConfig(**TINY_LLAMA, sliding_window=None),
+        # Granite scales attention logits by its own multiplier instead of 1/sqrt(d).
+        "granite": lambda: GraniteConfig(**TINY_LLAMA, attention_multiplier=0.05),
+        # Gemma 3: a 32-token sliding window on 3 of 4 layers (the prompt is far longer), its own
+        # query scaling, q/k norms.
+        "gemma3": lambda: Gemma3TextConfig(
+            **TINY_LLAMA,
+            head_dim=16,
+            sliding_window=32,
+            query_pre_attn_scalar=24,
+            layer_types=["sliding_attention"] * 3 + ["full_attention"],
+        ),
+        "phi3": lambda: Phi3Config(**TINY_LLAMA, pad_token_id=0),
+    }
+    return make[arch]()
+
+
+TINY_ARCHITECTURES = ("llama", "qwen2", "mistral", "granite", "gemma3", "phi3")
+
+
 def save_tiny_model(path: Path, config=None, tokenizer_from=None) -> Path:
     """A random-weight decoder (tiny Llama unless ``config`` is given) with the default model's real
     tokenizer, saved as a plain transformers directory: a model nobody else in the session shares."""

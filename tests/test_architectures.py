@@ -4,37 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SANITY_DOCS, TINY_LLAMA, assert_same_heads_agree, assert_signals_match_eager
+from conftest import (
+    SANITY_DOCS,
+    TINY_ARCHITECTURES,
+    assert_same_heads_agree,
+    assert_signals_match_eager,
+    tiny_config,
+)
 
 from core_rerank import Reranker
 from core_rerank.packaged import find_packaged
 
 QUERY = "which organelle makes ATP for the cell?"
 DOCS = SANITY_DOCS[:5] + SANITY_DOCS[6:7]
-COMMON = TINY_LLAMA  # the shape of every tiny test model
-
-
-def _tiny_configs():
-    from transformers import GraniteConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
-    from transformers.models.gemma3 import Gemma3TextConfig
-
-    return {
-        "llama": LlamaConfig(**COMMON),
-        "qwen2": Qwen2Config(**COMMON),
-        "mistral": MistralConfig(**COMMON, sliding_window=None),
-        # Granite scales attention logits by its own multiplier instead of 1/sqrt(d).
-        "granite": GraniteConfig(**COMMON, attention_multiplier=0.05),
-        # Gemma 3: a 32-token sliding window on 3 of 4 layers (the prompt is far longer), its own
-        # query scaling, q/k norms.
-        "gemma3": Gemma3TextConfig(
-            **COMMON,
-            head_dim=16,
-            sliding_window=32,
-            query_pre_attn_scalar=24,
-            layer_types=["sliding_attention"] * 3 + ["full_attention"],
-        ),
-        "phi3": Phi3Config(**COMMON, pad_token_id=0),
-    }
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +26,12 @@ def tokenizer_dir(default_rr, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "granite", "gemma3", "phi3"])
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
 def test_tiny_random_model_signals_match_eager(arch, tokenizer_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
-    config = _tiny_configs()[arch]
+    config = tiny_config(arch)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     config.vocab_size = len(tok)
     model = AutoModelForCausalLM.from_config(config)
