@@ -210,36 +210,14 @@ class Reranker:
         docs = self._prepare(documents)
         if not docs:
             return RankedResults(query, [], 0, self.head_list.describe())
-        raw, windows = self._score(query, docs, show_progress_bar)
-        normalized = scoring.softmax(raw, self.temperature)
-        relevance = self._relevance(raw)
-        order = sorted(range(len(docs)), key=lambda i: (-raw[i], i))
-        results = [
-            RankResult(
-                index=i,
-                score=raw[i],
-                normalized_score=normalized[i],
-                rank=r + 1,
-                text=docs[i].text,
-                document=docs[i].original,
-                truncated=docs[i].truncated,
-                tokens=docs[i].tokens,
-                window=windows[i],
-                relevance=relevance[i],
-            )
-            for r, i in enumerate(order)
-        ]
-        if min_score is not None:
-            results = [r for r in results if r.score >= min_score]
-        if top_n is not None:
-            results = results[:top_n]
-        return RankedResults(query, results, max(windows) + 1, self.head_list.describe())
+        raw, windows = self._score([query], docs, show_progress_bar)[0]
+        return self._results(query, docs, raw, windows, top_n, min_score)
 
     def score(self, query: str, documents: Sequence[Document], *, show_progress_bar: bool | None = None) -> list[float]:
         """Raw relevance scores in input order (``-inf`` for an empty document)."""
         query = check_query(query)
         docs = self._prepare(documents)
-        return self._score(query, docs, show_progress_bar)[0] if docs else []
+        return self._score([query], docs, show_progress_bar)[0][0] if docs else []
 
     def score_head_sets(
         self,
@@ -257,7 +235,7 @@ class Reranker:
         docs = self._prepare(documents)
         if not docs:
             return {name: [] for name in rows}
-        return self._score(query, docs, False, rows, calibrated)[0]
+        return self._score([query], docs, False, rows, calibrated)[0][0]
 
     def rank_batch(
         self,
@@ -269,16 +247,24 @@ class Reranker:
         *,
         score_threshold: float | None = None,
     ) -> list[RankedResults]:
-        """Rank for many queries: ``documents`` is one list per query, or one list shared by all."""
+        """Rank for many queries: ``documents`` is one list per query, or one list shared by all.
+
+        Each result equals ``rank(query, ...)`` for its query. With one shared list, the queries are scored
+        together: per window, the system turn and documents (the prompt's query-independent prefix) and the
+        content-free N/A pass run once, and only each query's short suffix runs per query, so many queries
+        over one list cost little more than one. ``show_progress_bar``: ``None`` shows one for several queries.
+        """
         if isinstance(queries, str) or not isinstance(queries, Sequence):
             raise InvalidInputTypeError("queries must be a list of strings; use rank() for one query")
         min_score = _renamed("score_threshold", score_threshold, "min_score", min_score)
         shared = not documents or not all(isinstance(d, Sequence) and not isinstance(d, str) for d in documents)
         if not shared and len(documents) != len(queries):
             raise InvalidInputError(f"{len(queries)} queries but {len(documents)} document lists")
+        show = len(queries) > 1 if show_progress_bar is None else show_progress_bar
+        if shared and queries:
+            return self._rank_shared(queries, documents, top_n, min_score, show)
         from tqdm.auto import tqdm
 
-        show = len(queries) > 1 if show_progress_bar is None else show_progress_bar
         out = []
         for qi, query in enumerate(tqdm(queries, desc="re-ranking", unit="query", disable=not show)):
             docs = documents if shared else documents[qi]
@@ -401,6 +387,41 @@ class Reranker:
                 return list(zip(groups, windows))
             budget -= over  # tokens merged differently in place than alone: re-plan with the measured excess
 
+    def _results(
+        self,
+        query: str,
+        docs: list[_Doc],
+        raw: list[float],
+        windows: list[int],
+        top_n: int | None,
+        min_score: float | None,
+    ) -> RankedResults:
+        """Ranked results of one query from its raw scores and windows (input order): sorted best first, then
+        ``min_score`` and ``top_n`` applied, in that order."""
+        normalized = scoring.softmax(raw, self.temperature)
+        relevance = self._relevance(raw)
+        order = sorted(range(len(docs)), key=lambda i: (-raw[i], i))
+        results = [
+            RankResult(
+                index=i,
+                score=raw[i],
+                normalized_score=normalized[i],
+                rank=r + 1,
+                text=docs[i].text,
+                document=docs[i].original,
+                truncated=docs[i].truncated,
+                tokens=docs[i].tokens,
+                window=windows[i],
+                relevance=relevance[i],
+            )
+            for r, i in enumerate(order)
+        ]
+        if min_score is not None:
+            results = [r for r in results if r.score >= min_score]
+        if top_n is not None:
+            results = results[:top_n]
+        return RankedResults(query, results, max(windows) + 1, self.head_list.describe())
+
     def _head_rows(self, head_sets: Mapping[str, Sequence[tuple[int, int]]]) -> dict[str, list[int]]:
         """Rows of each head set in this reranker's signals (its head list's order)."""
         row_of = {h: i for i, h in enumerate(self.head_list.heads)}
@@ -418,41 +439,86 @@ class Reranker:
 
     def _score(
         self,
-        query: str,
+        queries: Sequence[str],
         docs: list[_Doc],
         show_progress_bar: bool | None,
         head_rows: Mapping[str, list[int]] | None = None,
         calibrated: bool = True,
-    ) -> tuple[Any, list[int]]:
-        """Raw scores and window number of every document, in input order: one list of scores, or with
-        ``head_rows`` one list per head set."""
-        sets = dict(head_rows) if head_rows is not None else {"": list(range(len(self.head_list.heads)))}
-        raw = {name: [-math.inf] * len(docs) for name in sets}
-        window_of = [0] * len(docs)
-        live = [d for d in docs if d.scored_text.strip()]
-        plan = self._plan(query, live) if live else []
-        window_tokens = [sum(d.tokens for d in group) for group, _ in plan]
-        mean_tokens = sum(window_tokens) / max(len(plan), 1)
-        show = len(plan) >= _PROGRESS_WINDOWS if show_progress_bar is None else show_progress_bar
+        progress_label: str = "scoring windows",
+    ) -> list[tuple[Any, list[int]]]:
+        """For each query, the raw scores and window number of every document, in input order: one list of
+        scores, or with ``head_rows`` one list per head set.
+
+        Each query's windows are planned as for that query alone (the budget depends on its length), so every
+        query gets exactly the scores it gets on its own. Queries whose plans put the same documents in the
+        same windows (all of them, unless their lengths straddle a window boundary) are scored together, one
+        window at a time: the window's document prefix and N/A suffix run once, each query's suffix once.
+        """
         from tqdm.auto import tqdm
 
-        for w, (group, window) in enumerate(tqdm(plan, desc="scoring windows", unit="window", disable=not show)):
-            signals = self._signals([window])[0]
-            # Attention mass spreads over the window's tokens: rescale so windows of different
-            # length give comparable scores (identity with a single window).
-            scale = window_tokens[w] / mean_tokens if window_tokens[w] else 1.0
-            placed = self._placed(group)
-            for name, rows in sets.items():
-                q = signals.query[rows].sum(0)
-                if calibrated:
-                    scores = scoring.document_scores(q, signals.null[rows].sum(0), window.doc_spans)
-                else:
-                    scores = scoring.document_masses(q, window.doc_spans)
-                for d, s in zip(placed, scores):
-                    raw[name][d.index] = s * scale
-            for d in placed:
-                window_of[d.index] = w
-        return (raw if head_rows is not None else raw[""]), window_of
+        sets = dict(head_rows) if head_rows is not None else {"": list(range(len(self.head_list.heads)))}
+        raw = [{name: [-math.inf] * len(docs) for name in sets} for _ in queries]
+        window_of = [[0] * len(docs) for _ in queries]
+        live = [d for d in docs if d.scored_text.strip()]
+        plans = [self._plan(q, live) if live else [] for q in queries]
+        together: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+        for qi, plan in enumerate(plans):
+            together.setdefault(tuple(tuple(d.index for d in group) for group, _ in plan), []).append(qi)
+        total = sum(len(plans[members[0]]) for members in together.values())
+        show = total >= _PROGRESS_WINDOWS if show_progress_bar is None else show_progress_bar
+        with tqdm(total=total, desc=progress_label, unit="window", disable=not show) as bar:
+            for members in together.values():
+                plan = plans[members[0]]
+                window_tokens = [sum(d.tokens for d in group) for group, _ in plan]
+                mean_tokens = sum(window_tokens) / max(len(plan), 1)
+                for w, (group, _) in enumerate(plan):
+                    windows = [plans[qi][w][1] for qi in members]
+                    # Attention mass spreads over the window's tokens: rescale so windows of different
+                    # length give comparable scores (identity with a single window).
+                    scale = window_tokens[w] / mean_tokens if window_tokens[w] else 1.0
+                    placed = self._placed(group)
+                    for qi, window, signals in zip(members, windows, self._signals(windows)):
+                        for name, scores in self._window_scores(signals, window, sets, calibrated).items():
+                            for d, score in zip(placed, scores):
+                                raw[qi][name][d.index] = score * scale
+                        for d in placed:
+                            window_of[qi][d.index] = w
+                    bar.update()
+        return [(r if head_rows is not None else r[""], w) for r, w in zip(raw, window_of)]
+
+    @staticmethod
+    def _window_scores(
+        signals: HeadSignals, window: _Window, sets: Mapping[str, list[int]], calibrated: bool
+    ) -> dict[str, list[float]]:
+        """Scores of one window's placed documents under each head set (rows of ``signals``), by the formula
+        in :mod:`core_rerank.scoring`."""
+        out = {}
+        for name, rows in sets.items():
+            q = signals.query[rows].sum(0)
+            if calibrated:
+                out[name] = scoring.document_scores(q, signals.null[rows].sum(0), window.doc_spans)
+            else:
+                out[name] = scoring.document_masses(q, window.doc_spans)
+        return out
+
+    def _rank_shared(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[Document],
+        top_n: int | None,
+        min_score: float | None,
+        show_progress_bar: bool,
+    ) -> list[RankedResults]:
+        """``rank_batch`` over one shared list: inputs checked once (all queries before any model work),
+        documents cut once, every query scored in the same forward passes."""
+        top_n = check_top_n(top_n)
+        min_score = check_threshold("min_score", min_score)
+        queries = [check_query(q) for q in queries]
+        docs = self._prepare(documents)
+        if not docs:
+            return [RankedResults(q, [], 0, self.head_list.describe()) for q in queries]
+        scored = self._score(queries, docs, show_progress_bar, progress_label="re-ranking")
+        return [self._results(q, docs, raw, windows, top_n, min_score) for q, (raw, windows) in zip(queries, scored)]
 
 
 def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
