@@ -1,6 +1,7 @@
 """Engine speed and memory, as ratios against baselines run on the same machine and prompt.
 
     python benchmarks/bench_engine.py [--docs 20 50] [--repeats 3] [--json benchmarks/results/engine.json]
+                                      [--batch-queries 8] [--batch-docs 20] [--batch-json ...engine_batch.json]
 
 For each list size (documents of ~150 tokens), on the embedded default model (SmolLM2-135M-Instruct):
   (a) ``Reranker.rank`` with a mid-depth head list (deepest head in layer 14 of 30: the model is cut
@@ -10,11 +11,19 @@ For each list size (documents of ~150 tokens), on the embedded default model (Sm
       both the query and the "N/A" prompt run in full, scores computed from the returned matrices.
 Times are medians of repeats in one process (a and b interleaved, then c). Peak extra memory is measured in a fresh
 subprocess per case: the peak resident set size during the call minus the size just before it.
+
+Many queries over one list (``--batch-queries`` queries of different lengths over ``--batch-docs`` documents, same
+reranker as (a) mid): ``rank_batch(queries, docs)``, which runs each window's document prefix and N/A pass once and
+only each query's suffix per query, against one ``rank()`` call per query, interleaved; the speed-up ratio and the
+largest raw-score difference between the two (issue 10: >= 4x, <= 1e-4). Then how each suffix starts from the
+prefix's KV cache, cropping it back (no copy) against a deep copy, on the same prompts. ``--docs`` with no sizes runs
+only this case.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -26,6 +35,16 @@ from pathlib import Path
 
 MID_HEADS = [(10, 2), (11, 5), (12, 0), (12, 7), (13, 3), (13, 8), (14, 1), (14, 4)]
 QUERY = "Does vitamin D supplementation reduce the risk of respiratory infections?"
+BATCH_QUERIES = [  # 1 to 16 words: suffixes of different lengths
+    QUERY,
+    "statins and muscle pain",
+    "Is obesity associated with a higher risk of type 2 diabetes in adolescents?",
+    "BRCA1",
+    "Which gene mutations make breast cancer cells resistant to tamoxifen treatment, and through which pathway?",
+    "smoking lung cancer",
+    "Does aspirin lower the risk of colorectal cancer?",
+    "How do T cells recognise antigens presented by MHC class I molecules on infected cells?",
+]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact" / "corpus.jsonl"
 
 
@@ -83,16 +102,26 @@ class Cases:
 
     def __init__(self):
         import torch
-        from transformers import AutoModel
 
         from core_rerank import Reranker
-        from core_rerank.sources import dense_directory
 
         torch.manual_seed(0)
         self.torch = torch
         self.mid = Reranker(heads=MID_HEADS, max_doc_tokens=160)
-        self.all = Reranker(heads="all", max_doc_tokens=160)
-        self.eager = AutoModel.from_pretrained(
+
+    @functools.cached_property
+    def all(self):
+        from core_rerank import Reranker
+
+        return Reranker(heads="all", max_doc_tokens=160)
+
+    @functools.cached_property
+    def eager(self):
+        from transformers import AutoModel
+
+        from core_rerank.sources import dense_directory
+
+        return AutoModel.from_pretrained(
             dense_directory(self.mid.source), attn_implementation="eager", dtype=self.mid.dtype
         ).eval()
 
@@ -156,11 +185,71 @@ def worker(case: str, n: int) -> None:
     print(json.dumps({"extra_mb": peak.extra_mb}))
 
 
+def batch_case(cases: Cases, n_queries: int, n_docs: int, repeats: int) -> dict:
+    """rank_batch over one shared list against one rank() per query (interleaved, same reranker), and crop
+    against copy for the suffix passes."""
+    from core_rerank import head_signal
+
+    rr = cases.mid
+    queries = (BATCH_QUERIES * (1 + n_queries // len(BATCH_QUERIES)))[:n_queries]
+    docs = documents(n_docs)
+
+    def shared():
+        return rr.rank_batch(queries, docs, show_progress_bar=False)
+
+    def one_by_one():
+        return [rr.rank(q, docs) for q in queries]
+
+    times = {"rank_batch": [], "rank_each": []}
+    got, want = shared(), one_by_one()  # warm-up, and the results compared
+    for _ in range(repeats):
+        for name, fn in (("rank_batch", shared), ("rank_each", one_by_one)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    diff = max(abs(g.by_index(i).score - w.by_index(i).score) for g, w in zip(got, want) for i in range(len(docs)))
+    same_order = all(g.indices == w.indices for g, w in zip(got, want))
+
+    placed = [d.scored_text for d in rr._placed(rr._prepare(docs))]  # one window: the whole list fits max_tokens
+    windows = [rr._window(q, placed) for q in queries]
+    args = (
+        rr.loaded_model.model,
+        rr.head_list.heads_by_layer,
+        [head_signal.PromptTokens(w.ids_query, w.query_rows) for w in windows],
+        head_signal.PromptTokens(windows[0].ids_null, windows[0].null_rows),
+        max(b for _, b in windows[0].doc_spans),
+    )
+    reuse = {"copy": [], "crop": []}
+    for mode in reuse:  # warm-up
+        head_signal.head_signals_many(*args, cache_reuse=mode)
+    for _ in range(repeats):
+        for mode in reuse:
+            t0 = time.perf_counter()
+            head_signal.head_signals_many(*args, cache_reuse=mode)
+            reuse[mode].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in (times | reuse).items()}
+    return {
+        "queries": n_queries,
+        "documents": n_docs,
+        "prompt_tokens": len(windows[0].ids_null),
+        "windows": got[0].num_windows,
+        "seconds": {"rank_batch": med["rank_batch"], "rank_each": med["rank_each"]},
+        "speedup": med["rank_each"] / med["rank_batch"],
+        "max_abs_score_difference": diff,
+        "same_order": same_order,
+        "suffix_cache_seconds": {"copy": med["copy"], "crop": med["crop"]},
+        "crop/copy time": med["crop"] / med["copy"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--docs", type=int, nargs="+", default=[20, 50])
+    ap.add_argument("--docs", type=int, nargs="*", default=[20, 50])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "engine.json")
+    ap.add_argument("--batch-queries", type=int, default=8, help="queries of the shared-list case (0: skip it)")
+    ap.add_argument("--batch-docs", type=int, default=20)
+    ap.add_argument("--batch-json", type=Path, default=Path(__file__).parent / "results" / "engine_batch.json")
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -221,9 +310,28 @@ def main() -> None:
         report["sizes"][n]["ratios"] = ratios
         for k, v in ratios.items():
             console.print(f"  {k}: {v:.2f}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1) + "\n")
-    console.print(f"written {args.json}")
+    if args.docs:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        console.print(f"written {args.json}")
+    if args.batch_queries > 0:
+        batch = batch_case(cases, args.batch_queries, args.batch_docs, args.repeats)
+        sec = batch["seconds"]
+        console.print(
+            f"{batch['queries']} queries over one {batch['documents']}-document list ({batch['prompt_tokens']} prompt "
+            f"tokens, {batch['windows']} window(s)): rank_batch {sec['rank_batch']:.2f} s, {batch['queries']} x rank "
+            f"{sec['rank_each']:.2f} s: speed-up {batch['speedup']:.2f}x (target >= 4); largest score difference "
+            f"{batch['max_abs_score_difference']:.3g} (target <= 1e-4), same order: {batch['same_order']}"
+        )
+        reuse = batch["suffix_cache_seconds"]
+        console.print(
+            f"  suffix passes from the prefix cache: crop {reuse['crop']:.2f} s, deep copy {reuse['copy']:.2f} s "
+            f"(crop/copy {batch['crop/copy time']:.2f})"
+        )
+        report = {"model": cases.mid.model_id, "mid_heads": MID_HEADS, "dtype": str(cases.mid.dtype), **batch}
+        args.batch_json.parent.mkdir(parents=True, exist_ok=True)
+        args.batch_json.write_text(json.dumps(report, indent=1) + "\n")
+        console.print(f"written {args.batch_json}")
 
 
 if __name__ == "__main__":
