@@ -23,7 +23,7 @@ from transformers.cache_utils import DynamicLayer
 from .capture import AttentionCapture, capturing
 from .errors import ScoringError
 
-__all__ = ["HeadSignals", "PromptTokens", "head_signals", "head_signals_many"]
+__all__ = ["HeadSignals", "PromptTokens", "croppable", "head_signals", "head_signals_many", "shared_prefix"]
 
 CacheReuse = Literal["auto", "copy", "crop"]
 

@@ -135,6 +135,23 @@ def test_only_plain_full_attention_caches_are_cropped(tiny_rr):
     assert croppable(DynamicCache(config=config)) == (config.model_type != "gemma3_text")
 
 
+def test_real_gemma3_batch_equals_rank():
+    """Gemma 3's real weights: layers 0-4 keep a 512-token sliding window, so the prefix cache (longer than the
+    window) cannot be cropped back: each suffix runs on a deep copy, and the scores still equal rank()'s."""
+    from transformers import DynamicCache
+
+    from core_rerank.packaged import find_packaged
+
+    packaged = find_packaged("gemma-3-270m")
+    if not packaged.installed():
+        pytest.skip(f"gemma-3-270m is not installed ({packaged.install}; scripts/install_test_models.sh installs it)")
+    rr = Reranker("gemma-3-270m", heads=[(2, 0), (2, 3), (5, 1)], dtype="float32")
+    docs = [d + " " + " ".join(["Filler sentence about nothing in particular."] * 20) for d in SANITY_DOCS[:6]]
+    assert rr._window(QUERIES[0], docs).query_rows[0] > 512  # the queries sit beyond the sliding window
+    assert not croppable(DynamicCache(config=rr.loaded_model.model.config))
+    assert_batch_equals_rank(rr, QUERIES, docs)
+
+
 # ------------------------------------------------------------------------------------- the prefix runs once
 def test_each_window_runs_its_prefix_and_na_suffix_once():
     """For n queries over w windows: w prefix passes, w N/A passes and n*w query passes (the engine used to
