@@ -233,6 +233,17 @@ def test_dict_documents_and_deprecated_threshold(default_rr):
     assert old[0].indices == default_rr.rank(PLAIN[0], docs, min_score=0.0).indices
 
 
+def test_calibrated_relevance_is_the_one_rank_gives(default_rr):
+    import dataclasses
+
+    heads = dataclasses.replace(default_rr.head_list, calibration={"relevance": {"a": 8.0, "b": -1.0}})
+    rr = Reranker(heads=heads)  # the default model, with a fitted relevance map
+    assert rr.calibrated
+    batch = rr.rank_batch(PLAIN[:2], SANITY_DOCS[:4], show_progress_bar=False)
+    assert all(r.relevance is not None for results in batch for r in results)
+    assert_batch_equals_rank(rr, PLAIN[:2], SANITY_DOCS[:4])
+
+
 def test_bad_input_is_refused_before_any_model_work(default_rr):
     log = ForwardLog(default_rr.loaded_model.model)
     try:
