@@ -71,6 +71,24 @@ def check_threshold(name: str, value: Any) -> float | None:
     return float(value)
 
 
+def check_first_stage_scores(scores: Any, n: int) -> list[float] | None:
+    """``None``, or one finite number per document: the first stage's own scores (higher = better)."""
+    if scores is None:
+        return None
+    if isinstance(scores, (str, bytes, Mapping)) or not isinstance(scores, Sequence):
+        raise InvalidInputTypeError(f"first_stage_scores must be a list of numbers, got {type(scores).__name__}")
+    if len(scores) != n:
+        raise InvalidInputError(f"first_stage_scores has {len(scores)} values for {n} documents: give one per document")
+    out = []
+    for i, v in enumerate(scores):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise InvalidInputTypeError(f"first_stage_scores[{i}] must be a number, got {type(v).__name__}")
+        if not math.isfinite(v):
+            raise InvalidInputError(f"first_stage_scores[{i}] is {v}: give finite numbers")
+        out.append(float(v))
+    return out
+
+
 def check_documents(documents: Any, max_documents: int | None) -> Sequence[Any]:
     """A list (any non-string sequence) of at most ``max_documents`` documents."""
     if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):

@@ -14,7 +14,15 @@ from . import scoring
 from .errors import ContextLengthError, InvalidInputError, InvalidInputTypeError
 from .head_signal import HeadSignals, PromptTokens, head_signals_many
 from .heads import HeadList, HeadSpec, resolve_head_list
-from .inputs import DEFAULT_MAX_DOCUMENTS, check_documents, check_query, check_threshold, check_top_n, document_text
+from .inputs import (
+    DEFAULT_MAX_DOCUMENTS,
+    check_documents,
+    check_first_stage_scores,
+    check_query,
+    check_threshold,
+    check_top_n,
+    document_text,
+)
 from .loading import LoadedModel, load_model, read_shape, resolve_device, resolve_dtype, resolve_quantization
 from .prompt import (
     NULL_QUERY,
@@ -31,13 +39,16 @@ from .windows import plan_windows
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_DOCUMENTS", "DEFAULT_MAX_TOKENS", "Reranker", "WindowSignals"]
+__all__ = ["DEFAULT_FUSION_WEIGHT", "DEFAULT_MAX_DOCUMENTS", "DEFAULT_MAX_TOKENS", "Reranker", "WindowSignals"]
 
 Document = str | Mapping[str, Any]
 
 DEFAULT_MAX_TOKENS = 8192
 """Default prompt budget per forward pass (capped by the model's context). 20 documents of 400 tokens fit
 one prompt; past it, CPU time per token grows with length (docs/benchmarks.md, "Prompt length")."""
+DEFAULT_FUSION_WEIGHT = 0.75
+"""Weight of the first stage's z-scored scores against the z-scored attention when a call passes them; chosen
+on dev data (docs/quality.md, "Behind the retriever"), used for head lists without a weight of their own."""
 _PROGRESS_WINDOWS = 3  # show_progress_bar=None shows a bar for calls of at least this many windows
 
 
@@ -94,6 +105,9 @@ class Reranker:
             context length). Longer candidate lists are scored in several windows (README, "Long lists").
         max_documents: most documents one call takes (``None``: no limit); more raise
             :class:`~core_rerank.TooManyDocumentsError`.
+        fusion_weight: weight ``w`` of the first stage's own scores when a call passes them
+            (``first_stage_scores``): results are ordered by ``z(attention) + w * z(first stage)``.
+            ``None``: the weight chosen on dev data for the head list, else ``DEFAULT_FUSION_WEIGHT``.
         order: ``"reverse"`` places the first input document last, nearest the query (the
             references' placement); ``"given"`` keeps the input order.
         temperature: softmax temperature of ``normalized_score``; ``None`` uses the spread (std) of
@@ -115,6 +129,7 @@ class Reranker:
         max_doc_tokens: int = 400,
         max_tokens: int | None = None,
         max_documents: int | None = DEFAULT_MAX_DOCUMENTS,
+        fusion_weight: float | None = None,
         order: Literal["reverse", "given"] = "reverse",
         temperature: float | None = None,
         local_files_only: bool | None = None,
@@ -132,6 +147,13 @@ class Reranker:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+        if fusion_weight is not None and (
+            isinstance(fusion_weight, bool)
+            or not isinstance(fusion_weight, (int, float))
+            or not math.isfinite(fusion_weight)
+            or fusion_weight < 0
+        ):
+            raise InvalidInputError(f"fusion_weight must be a finite number >= 0 or None, got {fusion_weight!r}")
         if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
             raise InvalidInputTypeError(f"temperature must be a number or None, got {type(temperature).__name__}")
         if temperature is not None and not temperature > 0:
@@ -169,6 +191,9 @@ class Reranker:
             )
         self.max_tokens = min(max_tokens or DEFAULT_MAX_TOKENS, shape.context_length)
         self.max_documents = max_documents
+        fit = self.head_list.calibration.get("fusion") or {}
+        weight = fusion_weight if fusion_weight is not None else fit.get("weight", DEFAULT_FUSION_WEIGHT)
+        self.fusion_weight = float(weight)
         self.order = order
         self.temperature = temperature
         self._overhead = len(self._encode(build_prompt(self._markers, [], NULL_QUERY)).ids)
@@ -195,23 +220,27 @@ class Reranker:
         top_n: int | None = None,
         min_score: float | None = None,
         *,
+        first_stage_scores: Sequence[float] | None = None,
         show_progress_bar: bool | None = None,
         score_threshold: float | None = None,
     ) -> RankedResults:
         """Documents ordered by relevance to ``query``, best first.
 
-        ``top_n`` keeps the best n; ``min_score`` drops results whose raw ``score`` is below it
+        ``top_n`` keeps the best n; ``min_score`` drops results whose ``score`` is below it
         (``score_threshold`` is its deprecated name). An empty ``documents`` list gives empty results.
-        ``show_progress_bar``: ``None`` shows one when the list needs several windows (a long call).
+        ``first_stage_scores``: the retriever's own score of each document (higher = better; BM25, cosine...),
+        fused with the attention (``fusion_weight``); behind a retriever this ranks better than either alone
+        (docs/quality.md). ``show_progress_bar``: ``None`` shows one when the list needs several windows.
         """
         top_n = check_top_n(top_n)
         min_score = check_threshold("min_score", _renamed("score_threshold", score_threshold, "min_score", min_score))
         query = check_query(query)
         docs = self._prepare(documents)
+        first = check_first_stage_scores(first_stage_scores, len(docs))
         if not docs:
             return RankedResults(query, [], 0, self.head_list.describe())
         raw, windows = self._score([query], docs, show_progress_bar)[0]
-        return self._results(query, docs, raw, windows, top_n, min_score)
+        return self._results(query, docs, raw, windows, top_n, min_score, first)
 
     def score(self, query: str, documents: Sequence[Document], *, show_progress_bar: bool | None = None) -> list[float]:
         """Raw relevance scores in input order (``-inf`` for an empty document)."""
@@ -245,6 +274,7 @@ class Reranker:
         min_score: float | None = None,
         show_progress_bar: bool | None = None,
         *,
+        first_stage_scores: Sequence[Sequence[float]] | None = None,
         score_threshold: float | None = None,
     ) -> list[RankedResults]:
         """Rank for many queries: ``documents`` is one list per query, or one list shared by all.
@@ -253,6 +283,7 @@ class Reranker:
         together: per window, the system turn and documents (the prompt's query-independent prefix) and the
         content-free N/A pass run once, and only each query's short suffix runs per query, so many queries
         over one list cost little more than one. ``show_progress_bar``: ``None`` shows one for several queries.
+        ``first_stage_scores``: one list per query (see :meth:`rank`).
         """
         if isinstance(queries, str) or not isinstance(queries, Sequence):
             raise InvalidInputTypeError("queries must be a list of strings; use rank() for one query")
@@ -260,15 +291,22 @@ class Reranker:
         shared = not documents or not all(isinstance(d, Sequence) and not isinstance(d, str) for d in documents)
         if not shared and len(documents) != len(queries):
             raise InvalidInputError(f"{len(queries)} queries but {len(documents)} document lists")
+        if first_stage_scores is not None and (
+            isinstance(first_stage_scores, (str, bytes))
+            or not isinstance(first_stage_scores, Sequence)
+            or len(first_stage_scores) != len(queries)
+        ):
+            raise InvalidInputError("first_stage_scores must hold one list of scores per query")
+        firsts = list(first_stage_scores) if first_stage_scores is not None else [None] * len(queries)
         show = len(queries) > 1 if show_progress_bar is None else show_progress_bar
         if shared and queries:
-            return self._rank_shared(queries, documents, top_n, min_score, show)
+            return self._rank_shared(queries, documents, top_n, min_score, show, firsts)
         from tqdm.auto import tqdm
 
         out = []
         for qi, query in enumerate(tqdm(queries, desc="re-ranking", unit="query", disable=not show)):
             docs = documents if shared else documents[qi]
-            out.append(self.rank(query, docs, top_n, min_score, show_progress_bar=False))
+            out.append(self.rank(query, docs, top_n, min_score, first_stage_scores=firsts[qi], show_progress_bar=False))
         return out
 
     def attention_signals(self, query: str, texts: Sequence[str]) -> WindowSignals:
@@ -395,16 +433,18 @@ class Reranker:
         windows: list[int],
         top_n: int | None,
         min_score: float | None,
+        first_stage: list[float] | None = None,
     ) -> RankedResults:
-        """Ranked results of one query from its raw scores and windows (input order): sorted best first, then
-        ``min_score`` and ``top_n`` applied, in that order."""
-        normalized = scoring.softmax(raw, self.temperature)
+        """Ranked results of one query from its raw scores and windows (input order), fused with the first
+        stage's scores when given: sorted best first, then ``min_score`` and ``top_n`` applied, in that order."""
+        final = raw if first_stage is None else scoring.fuse(raw, first_stage, self.fusion_weight)
+        normalized = scoring.softmax(final, self.temperature)
         relevance = self._relevance(raw)
-        order = sorted(range(len(docs)), key=lambda i: (-raw[i], i))
+        order = sorted(range(len(docs)), key=lambda i: (-final[i], i))
         results = [
             RankResult(
                 index=i,
-                score=raw[i],
+                score=final[i],
                 normalized_score=normalized[i],
                 rank=r + 1,
                 text=docs[i].text,
@@ -413,6 +453,8 @@ class Reranker:
                 tokens=docs[i].tokens,
                 window=windows[i],
                 relevance=relevance[i],
+                attention_score=raw[i],
+                first_stage_score=None if first_stage is None else first_stage[i],
             )
             for r, i in enumerate(order)
         ]
@@ -508,6 +550,7 @@ class Reranker:
         top_n: int | None,
         min_score: float | None,
         show_progress_bar: bool,
+        first_stage_scores: Sequence[Sequence[float] | None],
     ) -> list[RankedResults]:
         """``rank_batch`` over one shared list: inputs checked once (all queries before any model work),
         documents cut once, every query scored in the same forward passes."""
@@ -515,10 +558,14 @@ class Reranker:
         min_score = check_threshold("min_score", min_score)
         queries = [check_query(q) for q in queries]
         docs = self._prepare(documents)
+        firsts = [check_first_stage_scores(f, len(docs)) for f in first_stage_scores]
         if not docs:
             return [RankedResults(q, [], 0, self.head_list.describe()) for q in queries]
         scored = self._score(queries, docs, show_progress_bar, progress_label="re-ranking")
-        return [self._results(q, docs, raw, windows, top_n, min_score) for q, (raw, windows) in zip(queries, scored)]
+        return [
+            self._results(q, docs, raw, windows, top_n, min_score, first)
+            for q, (raw, windows), first in zip(queries, scored, firsts)
+        ]
 
 
 def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:

@@ -22,6 +22,9 @@ class RankResult:
     head list has no fitted map. ``normalized_score`` is the softmax of the scores over this list's
     candidates (sums to 1 over the list; 0 for an empty document): a share, not a probability.
     ``truncated`` says the document was cut to the per-document token budget before scoring.
+    When the caller passed the first stage's own scores (``first_stage_scores``), ``score`` is their fusion
+    with the attention (:func:`core_rerank.scoring.fuse`, unitless), ``attention_score`` keeps the raw
+    attention score and ``first_stage_score`` the score given; otherwise ``attention_score == score``.
     """
 
     index: int
@@ -34,6 +37,8 @@ class RankResult:
     tokens: int = 0
     window: int = 0
     relevance: float | None = None
+    attention_score: float | None = None
+    first_stage_score: float | None = None
 
     @property
     def corpus_id(self) -> int:
@@ -51,11 +56,17 @@ class RankResult:
             "corpus_id": self.index,
             "score": self.json_score,
             "relevance": self.relevance,
+            "attention_score": _json_number(self.attention_score),
+            "first_stage_score": self.first_stage_score,
             "normalized_score": self.normalized_score,
             "rank": self.rank,
             "text": self.text,
             "truncated": self.truncated,
         }
+
+
+def _json_number(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
 
 
 class RankedResults(Sequence[RankResult]):

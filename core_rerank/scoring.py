@@ -11,7 +11,9 @@ where s(j) is the attention signal summed over the selected heads (see ``head_si
 Two maps of the raw score live here too. ``relevance``: a calibrated probability that the document is
 relevant, ``1 / (1 + exp(-(a * score + b)))`` with ``a > 0, b`` fitted per head list on labelled training
 data (the head list's ``calibration``); it reads only the document's own score, so it is comparable across
-queries and lists. ``softmax``: the list-relative ``normalized_score``.
+queries and lists. ``softmax``: the list-relative ``normalized_score``. ``fuse``: the attention score
+combined with the first stage's own scores when the caller has them, ``z(attention) + w * z(first stage)``
+(each standardized over the list, so the first stage's scale does not matter).
 The std is the sample std (n - 1), as torch computes it in the reference code. The mask drops
 outliers; a document without spread (one token, or all c(j) equal) has none and keeps every token.
 """
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["document_masses", "document_scores", "relevance", "softmax"]
+__all__ = ["document_masses", "document_scores", "fuse", "relevance", "softmax"]
 
 
 def document_scores(
@@ -79,3 +81,20 @@ def relevance(score: float, a: float, b: float) -> float:
         return 0.0 if score < 0 else 1.0
     t = a * score + b
     return 1.0 / (1.0 + math.exp(-t)) if t >= 0 else math.exp(t) / (1.0 + math.exp(t))
+
+
+def _standardized(values: Sequence[float], keep: Sequence[bool]) -> list[float]:
+    """``values`` minus their mean over the kept entries, over their std there (0 where they do not vary)."""
+    kept = [v for v, k in zip(values, keep) if k]
+    mean = sum(kept) / len(kept) if kept else 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in kept) / len(kept)) if kept else 0.0
+    return [(v - mean) / std if std > 0 else 0.0 for v in values]
+
+
+def fuse(attention: Sequence[float], first_stage: Sequence[float], weight: float) -> list[float]:
+    """``z(attention) + weight * z(first_stage)``, each z-scored over the list's non-empty documents; an
+    empty document (``-inf`` attention) stays ``-inf``. ``weight`` 0 keeps the attention ranking."""
+    keep = [math.isfinite(a) for a in attention]
+    za = _standardized([a if k else 0.0 for a, k in zip(attention, keep)], keep)
+    zf = _standardized(first_stage, keep)
+    return [a + weight * f if k else -math.inf for a, f, k in zip(za, zf, keep)]

@@ -115,61 +115,63 @@ def collect(args) -> None:
     total = sum(len(q) for _, q, _ in todo)
     done = 0
     t0 = time.perf_counter()
-    for ds, qids, pools in todo:
-        cands, _ = first_stage(ds)
-        for qid in qids:
-            done += 1
-            key = (ds.name, qid)
-            if key in store and "sets" in next(iter(store[key]["pools"].values()), {}):
-                continue
-            c = cands.get(qid)
-            ids = [d for d in (c.doc_ids if c else []) if d in ds.corpus]
-            if not ids:
-                continue
-            bm = dict(zip(c.doc_ids, c.scores))
-            texts = {d: ds.doc_text(d) for d in ids}
-            query = ds.queries[qid]
-            ds_scores = dense.score(query, [texts[d] for d in ids])
-            dn = dict(zip(ids, ds_scores))
-            rec = {"query": query, "qrels": dict(ds.qrels.get(qid, {})), "bm25": bm, "dense": dn, "pools": {}}
-            for pool, places in pools.items():
-                order = ids[:DEPTH] if pool == "bm25" else sorted(ids, key=lambda d: -dn[d])[:DEPTH]
-                docs = rr._prepare([texts[d] for d in order])
-                for place in places:
-                    if place == "fs":
-                        placed = list(range(len(order)))[::-1]
-                    elif place == "rev":
-                        placed = list(range(len(order)))
-                    else:
-                        perm = list(range(len(order)))
-                        random.Random(f"{ds.name}/{qid}/{pool}").shuffle(perm)
-                        placed = perm
-                    sig = rr.attention_signals(query, [docs[i].scored_text for i in placed])
-                    qm, nm, cal = per_head_scores(sig.signals, sig.doc_spans)
-                    sets = {
-                        name: document_scores(
-                            sig.signals.query[rows].sum(0), sig.signals.null[rows].sum(0), sig.doc_spans
-                        )
-                        for name, rows in set_rows.items()
-                    }
-                    inv = [0] * len(placed)
-                    for pos, i in enumerate(placed):
-                        inv[i] = pos
-                    # columns back in first-stage order; pos = placement position (0 = farthest from the query)
-                    rec["pools"][(pool, place)] = {
-                        "doc_ids": order,
-                        "pos": inv,
-                        "tokens": [sig.doc_spans[inv[i]][1] - sig.doc_spans[inv[i]][0] for i in range(len(order))],
-                        "qm": qm[:, inv],
-                        "nm": nm[:, inv],
-                        "cal": cal[:, inv],
-                        "sets": {name: [v[j] for j in inv] for name, v in sets.items()},
-                    }
-            store[key] = rec
-            if done % 5 == 0 or done == total:
-                out_path.write_bytes(pickle.dumps(store))
-                rate = (time.perf_counter() - t0) / max(1, done)
-                log(f"{args.part}: {done}/{total} queries ({rate:.1f} s/query incl. skipped)")
+    firsts = {ds.name: first_stage(ds)[0] for ds, _, _ in todo}
+    # Round-robin over the data sets (query 1 of every set, then query 2, ...): a run cut short still
+    # covers every set.
+    jobs = [(k, ds, qid, pools) for ds, qids, pools in todo for k, qid in enumerate(qids)]
+    jobs.sort(key=lambda j: j[0])
+    for _, ds, qid, pools in jobs:
+        cands = firsts[ds.name]
+        done += 1
+        key = (ds.name, qid)
+        if key in store and "sets" in next(iter(store[key]["pools"].values()), {}):
+            continue
+        c = cands.get(qid)
+        ids = [d for d in (c.doc_ids if c else []) if d in ds.corpus]
+        if not ids:
+            continue
+        bm = dict(zip(c.doc_ids, c.scores))
+        texts = {d: ds.doc_text(d) for d in ids}
+        query = ds.queries[qid]
+        ds_scores = dense.score(query, [texts[d] for d in ids])
+        dn = dict(zip(ids, ds_scores))
+        rec = {"query": query, "qrels": dict(ds.qrels.get(qid, {})), "bm25": bm, "dense": dn, "pools": {}}
+        for pool, places in pools.items():
+            order = ids[:DEPTH] if pool == "bm25" else sorted(ids, key=lambda d: -dn[d])[:DEPTH]
+            docs = rr._prepare([texts[d] for d in order])
+            for place in places:
+                if place == "fs":
+                    placed = list(range(len(order)))[::-1]
+                elif place == "rev":
+                    placed = list(range(len(order)))
+                else:
+                    perm = list(range(len(order)))
+                    random.Random(f"{ds.name}/{qid}/{pool}").shuffle(perm)
+                    placed = perm
+                sig = rr.attention_signals(query, [docs[i].scored_text for i in placed])
+                qm, nm, cal = per_head_scores(sig.signals, sig.doc_spans)
+                sets = {
+                    name: document_scores(sig.signals.query[rows].sum(0), sig.signals.null[rows].sum(0), sig.doc_spans)
+                    for name, rows in set_rows.items()
+                }
+                inv = [0] * len(placed)
+                for pos, i in enumerate(placed):
+                    inv[i] = pos
+                # columns back in first-stage order; pos = placement position (0 = farthest from the query)
+                rec["pools"][(pool, place)] = {
+                    "doc_ids": order,
+                    "pos": inv,
+                    "tokens": [sig.doc_spans[inv[i]][1] - sig.doc_spans[inv[i]][0] for i in range(len(order))],
+                    "qm": qm[:, inv],
+                    "nm": nm[:, inv],
+                    "cal": cal[:, inv],
+                    "sets": {name: [v[j] for j in inv] for name, v in sets.items()},
+                }
+        store[key] = rec
+        if done % 2 == 0 or done == total:
+            out_path.write_bytes(pickle.dumps(store))
+            rate = (time.perf_counter() - t0) / max(1, done)
+            log(f"{args.part}: {done}/{total} queries ({rate:.1f} s/query incl. skipped)")
     out_path.write_bytes(pickle.dumps(store))
     (args.work / "heads.pkl").write_bytes(pickle.dumps(list(rr.head_list.heads)))
 

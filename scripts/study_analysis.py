@@ -258,6 +258,31 @@ def analyze(args) -> None:
                 print(f"  {name:42s} {r['ndcg']:.4f}  {r['vs_first_stage']:+.4f} ({r['se']:.4f})  n={r['queries']}")
         report["parts"][part] = res
 
+    # Which evidence calibrates best across data sets? Fit each on train, compare ECE / log-loss on dev and test.
+    def logratio(q: Q) -> np.ndarray:
+        p = q.places["fs"]
+        qm, nm = p["qm"][core_idx].sum(0), p["nm"][core_idx].sum(0)
+        return np.log(np.maximum(qm, 1e-9) / np.maximum(nm, 1e-9))
+
+    def per_token(q: Q) -> np.ndarray:
+        return q.sets("fs", "core") / np.maximum(np.array(q.places["fs"]["tokens"], dtype=float), 1.0)
+
+    candidates = {"raw score": features, "log(query mass / N/A mass)": logratio, "raw score per token": per_token}
+    report["calibration_features"] = {}
+    for fname, feat in candidates.items():
+        xf, yf = calibration_data(train, feat)
+        af, bf = fit_logistic(xf, yf)
+        row = {}
+        for part, qs in (("dev", dev), ("test", test)):
+            x, y = calibration_data(qs, feat)
+            if not len(x):
+                continue
+            p = np.clip(1 / (1 + np.exp(-np.clip(af * x + bf, -40, 40))), 1e-6, 1 - 1e-6)
+            ll = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+            row[part] = {"ece": round(reliability(p.tolist(), y.astype(int).tolist()).ece, 4), "log_loss": round(ll, 4)}
+        report["calibration_features"][fname] = row
+        print("calibration feature", fname, row)
+
     # Calibration: fit on train (deployed placement, both pools), check on dev and test.
     xtr, ytr = calibration_data(train, features)
     a, b = fit_logistic(xtr, ytr)

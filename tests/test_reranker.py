@@ -272,3 +272,48 @@ def test_the_default_dtype_follows_this_cpu(default_rr):
     from core_rerank.loading import cpu_has_native_bfloat16
 
     assert default_rr.dtype is (torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32)
+
+
+def test_first_stage_scores_are_fused_with_the_attention(default_rr):
+    """rank(first_stage_scores=...): results ordered by z(attention) + w * z(first stage), computed here by
+    hand; attention_score keeps the attention alone, identical to a call without them; weight 0 is the
+    attention ranking; a first stage that alone would put another document first moves it up; bad scores
+    are typed errors; rank_batch takes one list per query."""
+    import statistics
+
+    from core_rerank.errors import InvalidInputError, InvalidInputTypeError
+
+    query = SANITY_QUERIES[0][0]
+    plain = default_rr.rank(query, SANITY_DOCS)
+    bm25 = [float(i) for i in range(len(SANITY_DOCS))]  # favours the last document
+    fused = default_rr.rank(query, SANITY_DOCS, first_stage_scores=bm25)
+    att = [plain.by_index(i).score for i in range(len(SANITY_DOCS))]
+
+    def z(v):
+        m, s = statistics.fmean(v), statistics.pstdev(v)
+        return [(x - m) / s for x in v]
+
+    expected = [a + default_rr.fusion_weight * f for a, f in zip(z(att), z(bm25))]
+    for r in fused:
+        assert r.score == pytest.approx(expected[r.index], abs=1e-9)
+        assert r.attention_score == pytest.approx(att[r.index], abs=1e-12)
+        assert r.first_stage_score == bm25[r.index] and r.relevance == plain.by_index(r.index).relevance
+    assert fused.indices == sorted(range(len(SANITY_DOCS)), key=lambda i: -expected[i])
+    assert fused.by_index(len(SANITY_DOCS) - 1).rank < plain.by_index(len(SANITY_DOCS) - 1).rank
+    assert all(r.attention_score == r.score and r.first_stage_score is None for r in plain)
+    zero = Reranker(fusion_weight=0.0).rank(query, SANITY_DOCS, first_stage_scores=bm25)
+    assert zero.indices == plain.indices
+    for bad, error in (
+        ([1.0], InvalidInputError),
+        ([float("nan")] * len(SANITY_DOCS), InvalidInputError),
+        (["1"] * len(SANITY_DOCS), InvalidInputTypeError),
+        ("1234", InvalidInputTypeError),
+    ):
+        with pytest.raises(error):
+            default_rr.rank(query, SANITY_DOCS, first_stage_scores=bad)
+    with pytest.raises(InvalidInputError):
+        Reranker(fusion_weight=-1.0)
+    batch = default_rr.rank_batch([query, query], SANITY_DOCS, first_stage_scores=[bm25, None])
+    assert batch[0].indices == fused.indices and batch[1].indices == plain.indices
+    with pytest.raises(InvalidInputError, match="one list of scores per query"):
+        default_rr.rank_batch([query], SANITY_DOCS, first_stage_scores=[bm25, bm25])

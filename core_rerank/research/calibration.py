@@ -23,27 +23,38 @@ if TYPE_CHECKING:
 __all__ = ["Reliability", "fit_logistic", "labelled_scores", "reliability"]
 
 
-def fit_logistic(x: Sequence[float], y: Sequence[int], l2: float = 1e-4) -> tuple[float, float]:
-    """``(a, b)`` maximising the L2-penalised (on ``a``) log-likelihood of ``y ~ sigmoid(a * x + b)``, by
-    Newton's method; ``a`` is clipped to a small positive value so the map stays increasing."""
+def fit_logistic(x: Sequence[float], y: Sequence[int], l2: float = 1e-3) -> tuple[float, float]:
+    """``(a, b)`` maximising the log-likelihood of ``y ~ sigmoid(a * x + b)`` (a small L2 penalty on the slope
+    of the standardized score keeps separable data finite), by Newton's method with step halving; ``a`` is
+    kept positive so the map increases with the score."""
     import numpy as np
 
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(xs) == 0 or ys.min() == ys.max():
         raise ValueError("fitting relevance needs both relevant and non-relevant documents")
+    mu, sd = float(xs.mean()), float(xs.std()) or 1.0
+    u = (xs - mu) / sd
+
+    def loss(w: np.ndarray) -> float:
+        t = w[0] * u + w[1]
+        return float(np.sum(np.logaddexp(0.0, t) - ys * t) + 0.5 * l2 * w[0] ** 2)
+
     rate = ys.mean()
-    a, b = 0.0, math.log(rate / (1 - rate))
+    w = np.array([0.0, math.log(rate / (1 - rate))])
     for _ in range(100):
-        t = np.clip(a * xs + b, -40, 40)
-        p = 1 / (1 + np.exp(-t))
-        w = p * (1 - p)
-        grad = np.array([((p - ys) * xs).sum() + l2 * a, (p - ys).sum()])
-        hess = np.array([[(w * xs * xs).sum() + l2, (w * xs).sum()], [(w * xs).sum(), w.sum() + 1e-12]])
+        p = 1 / (1 + np.exp(-np.clip(w[0] * u + w[1], -500, 500)))
+        grad = np.array([((p - ys) * u).sum() + l2 * w[0], (p - ys).sum()])
+        h = p * (1 - p)
+        hess = np.array([[(h * u * u).sum() + l2, (h * u).sum()], [(h * u).sum(), h.sum() + 1e-12]])
         step = np.linalg.solve(hess, grad)
-        a, b = a - float(step[0]), b - float(step[1])
-        if float(np.abs(step).max()) < 1e-10:
+        base, t = loss(w), 1.0
+        while loss(w - t * step) > base and t > 1e-8:
+            t /= 2
+        w = w - t * step
+        if float(np.abs(t * step).max()) < 1e-10:
             break
-    return max(a, 1e-6), b
+    slope = max(float(w[0]), 1e-9) / sd
+    return slope, float(w[1]) - slope * mu
 
 
 @dataclass(frozen=True)
