@@ -182,6 +182,7 @@ def main() -> None:
     p.add_argument("--part", choices=["train", "dev", "test"], default="dev")
     p.add_argument("--per-set", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--write-calibration", action="store_true", help="analyze: store the fit in the bundled list")
     p.add_argument("--shard", type=int, choices=[0, 1], help="test part: every other test set, for 2 processes")
     p.add_argument("--work", type=Path, default=Path("/work/study"))
     args = p.parse_args()
