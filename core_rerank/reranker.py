@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from . import scoring
-from .errors import ContextLengthError, InvalidInputError, InvalidInputTypeError
+from .errors import ContextLengthError, HeadListNotFoundError, InvalidInputError, InvalidInputTypeError
 from .head_signal import HeadSignals, head_signals
 from .heads import HeadList, HeadSpec, resolve_head_list
 from .inputs import DEFAULT_MAX_DOCUMENTS, check_documents, check_query, check_threshold, check_top_n, document_text
@@ -121,21 +121,7 @@ class Reranker:
         revision: str | None = None,
         allow_other_model_heads: bool = False,
     ) -> None:
-        if order not in ("reverse", "given"):
-            raise InvalidInputError(f"order must be 'reverse' or 'given', got {order!r}")
-        for name, value in (
-            ("max_doc_tokens", max_doc_tokens),
-            ("max_tokens", max_tokens),
-            ("max_documents", max_documents),
-        ):
-            if value is None and name != "max_doc_tokens":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-        if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
-            raise InvalidInputTypeError(f"temperature must be a number or None, got {type(temperature).__name__}")
-        if temperature is not None and not temperature > 0:
-            raise InvalidInputError(f"temperature must be > 0, got {temperature!r}")
+        _check_settings(max_doc_tokens, max_tokens, max_documents, order, temperature)
         self.source = resolve_source(model, revision)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -149,7 +135,7 @@ class Reranker:
             allow_other_model=allow_other_model_heads,
         )
         self.quantization = resolve_quantization(quantization, self.device, shape, self.head_list.max_layer + 1)
-        self._loaded: LoadedModel = load_model(
+        loaded = load_model(
             self.source,
             self.head_list.max_layer + 1,
             dtype=self.dtype,
@@ -157,6 +143,79 @@ class Reranker:
             device=self.device,
             local_files_only=local_files_only,
         )
+        self._configure(loaded, max_doc_tokens, max_tokens, max_documents, order, temperature)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        heads: HeadSpec = None,
+        *,
+        max_doc_tokens: int = 400,
+        max_tokens: int | None = None,
+        max_documents: int | None = DEFAULT_MAX_DOCUMENTS,
+        order: Literal["reverse", "given"] = "reverse",
+        temperature: float | None = None,
+        allow_other_model_heads: bool = False,
+    ) -> Reranker:
+        """A reranker on a model you have already loaded, e.g. the one your chatbot generates with.
+
+        ``model`` is a Hugging Face decoder: ``AutoModelForCausalLM.from_pretrained(...)`` (its LM head never
+        runs) or a bare ``AutoModel`` decoder; ``tokenizer`` is its (fast) tokenizer. Nothing is loaded or
+        copied: scoring runs the model's first layers, up to the deepest selected head, through a view that
+        shares the model's weight tensors (``core_rerank.loading.truncated_view``). dtype, device and
+        quantization (e.g. bitsandbytes 4-bit) are the model's own, never changed.
+
+        Your model is left exactly as it is, even while scoring: the view has its own config (with core-rerank's
+        attention function, which computes the outputs with SDPA and captures the selected heads' rows on the
+        scoring thread only), its own eval mode and module objects, and the tokenizer is copied. So the model can
+        keep its attention implementation and train/eval mode, and generate on another thread while this
+        reranker scores; calls to this reranker from several threads are serialised, as for every reranker.
+        The view is taken now: later in-place weight changes are seen; new modules, adapters or hooks, or moving
+        the model to another device, need a new ``from_model``.
+
+        ``heads=None`` picks the head list bundled for the model, found by its config's ``name_or_path`` (a hub
+        id, or a directory named like one); a model without one raises
+        :class:`~core_rerank.HeadListNotFoundError` unless ``heads`` is given. The other settings are those of
+        :class:`Reranker`. Encoders are refused with :class:`~core_rerank.UnsupportedModelError`.
+        """
+        from .loading import describe_model, wrap_model
+
+        _check_settings(max_doc_tokens, max_tokens, max_documents, order, temperature)
+        source, shape = describe_model(model)
+        try:
+            head_list = resolve_head_list(
+                heads,
+                source.model_id,
+                shape.num_layers,
+                shape.num_heads,
+                shape.num_kv_heads,
+                allow_other_model=allow_other_model_heads,
+            )
+        except HeadListNotFoundError as exc:
+            raise HeadListNotFoundError(
+                f"{exc}\n(from_model names a model by its config's name_or_path: {source.location!r})"
+            ) from None
+        loaded = wrap_model(model, tokenizer, source, shape, head_list.max_layer + 1)
+        self = cls.__new__(cls)
+        self.source, self.head_list = source, head_list
+        self.device, self.dtype, self.quantization = loaded.device, loaded.dtype, loaded.quantization
+        self._configure(loaded, max_doc_tokens, max_tokens, max_documents, order, temperature)
+        return self
+
+    def _configure(
+        self,
+        loaded: LoadedModel,
+        max_doc_tokens: int,
+        max_tokens: int | None,
+        max_documents: int | None,
+        order: str,
+        temperature: float | None,
+    ) -> None:
+        """Settings that need the loaded tokenizer (prompt overhead, context cap), shared by both constructors."""
+        shape = loaded.shape
+        self._loaded: LoadedModel = loaded
         self._markers = chat_markers(self._loaded.tokenizer)
         self.max_doc_tokens = max_doc_tokens
         if max_tokens is not None and max_tokens > shape.context_length:
@@ -436,6 +495,25 @@ class Reranker:
             for d in placed:
                 window_of[d.index] = w
         return (raw if head_rows is not None else raw[""]), window_of
+
+
+def _check_settings(max_doc_tokens: Any, max_tokens: Any, max_documents: Any, order: Any, temperature: Any) -> None:
+    """Refuse settings no reranker can use, before any model work."""
+    if order not in ("reverse", "given"):
+        raise InvalidInputError(f"order must be 'reverse' or 'given', got {order!r}")
+    for name, value in (
+        ("max_doc_tokens", max_doc_tokens),
+        ("max_tokens", max_tokens),
+        ("max_documents", max_documents),
+    ):
+        if value is None and name != "max_doc_tokens":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
+        raise InvalidInputTypeError(f"temperature must be a number or None, got {type(temperature).__name__}")
+    if temperature is not None and not temperature > 0:
+        raise InvalidInputError(f"temperature must be > 0, got {temperature!r}")
 
 
 def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
