@@ -363,6 +363,22 @@ class Reranker:
             f"layers={self._loaded.layers_loaded}/{self._loaded.shape.num_layers}, {quant}, {self.device})"
         )
 
+    # A reranker is a handle on a loaded model: a copy, deep or not (of a framework wrapper holding it, say),
+    # gets its own settings and shares the model, whose weights are never duplicated.
+    def __copy__(self) -> Reranker:
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __deepcopy__(self, memo: dict) -> Reranker:
+        return self.__copy__()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a Reranker holds a loaded model and cannot be pickled: pickle its settings instead (a framework "
+            "wrapper's model_dump() / to_dict() records them) and build a new one from them"
+        )
+
     # ---------------------------------------------------------------- internals
     @property
     def _add_special(self) -> bool:

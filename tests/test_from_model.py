@@ -32,25 +32,15 @@ def default_dir() -> str:
     return dense_directory(resolve_source("default"))
 
 
-@pytest.fixture(scope="module")
-def chat(default_dir):
-    """The default model as a chatbot holds it: the full causal LM with its LM head, float32, sdpa."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return AutoModelForCausalLM.from_pretrained(default_dir, dtype=torch.float32), AutoTokenizer.from_pretrained(
-        default_dir
-    )
-
-
 def _data_ptrs(module: torch.nn.Module) -> set[int]:
     return {p.data_ptr() for p in module.parameters()}
 
 
 # ---------------------------------------------------------------- same scores as loading it
-def test_default_model_scores_as_when_core_rerank_loads_it(chat, fp32_shallow):
+def test_default_model_scores_as_when_core_rerank_loads_it(default_chat_model, fp32_shallow):
     from core_rerank.heads import find_bundled_head_list
 
-    model, tok = chat
+    model, tok = default_chat_model
     rr = Reranker.from_model(model, tok)  # heads=None: the bundled list, found from the config's name_or_path
     loaded = Reranker(dtype="float32")  # the same weights, loaded (and cut) by core-rerank itself
     assert rr.head_list == loaded.head_list == find_bundled_head_list("HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -109,8 +99,8 @@ def test_tiny_architectures_score_as_when_loaded(arch, tmp_path):
 
 
 # ---------------------------------------------------------------- shared, not copied; the model left as it was
-def test_the_weights_are_shared_and_the_model_left_as_it_was(chat):
-    model, tok = chat
+def test_the_weights_are_shared_and_the_model_left_as_it_was(default_chat_model):
+    model, tok = default_chat_model
     model.train()  # the caller's mode is the caller's: scoring must neither need eval() nor change it
     try:
         rr = Reranker.from_model(model, tok)
@@ -130,8 +120,8 @@ def test_the_weights_are_shared_and_the_model_left_as_it_was(chat):
         model.eval()
 
 
-def test_generation_is_unchanged_even_while_scoring_on_another_thread(chat):
-    model, tok = chat
+def test_generation_is_unchanged_even_while_scoring_on_another_thread(default_chat_model):
+    model, tok = default_chat_model
     messages = [{"role": "user", "content": "Name a fruit that is rich in potassium."}]
 
     def generate() -> list[int]:
@@ -237,10 +227,10 @@ def test_without_a_bundled_list_heads_must_be_given(tmp_path):
     assert Reranker.from_model(unnamed, tok, heads=[(0, 1)]).rank(QUERY, DOCS)
 
 
-def test_what_from_model_refuses(chat, tmp_path):
+def test_what_from_model_refuses(default_chat_model, tmp_path):
     from transformers import AutoModel, AutoTokenizer, BertConfig
 
-    model, tok = chat
+    model, tok = default_chat_model
     config = BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
     bert = save_tiny_model(tmp_path / "tiny-bert", config)
     with pytest.raises(UnsupportedModelError, match="encoder"):
