@@ -297,16 +297,20 @@ def bundled_head_lists() -> tuple[HeadList, ...]:
 
 # A GGUF file's stem carries its quantization: "SmolLM2-135M-Instruct.Q4_1", "gemma-3-270m-q4_k_m".
 _QUANT_TAG = re.compile(r"[.-](?:i?q\d\w*|f16|f32|bf16)$", re.IGNORECASE)
+# core-rerank's dequantized copy of a GGUF file is a directory "<stem>-<sha256[:20]>-v<n>" (sources.py): a model
+# loaded from it (``from_pretrained(dir)``, then ``Reranker.from_model``) is named by that directory.
+_CACHE_SUFFIX = re.compile(r"-(?:\d+-\d+-)?[0-9a-f]{20}-v\d+$")
 
 
 def _model_name(model_id: str) -> str:
     name = model_id.strip().rstrip("/").rsplit("/", 1)[-1].lower()
-    return _QUANT_TAG.sub("", name)
+    return _QUANT_TAG.sub("", _CACHE_SUFFIX.sub("", name))
 
 
 def same_model(given: str, listed: str) -> bool:
     """Whether ``given`` (a hub id, a directory or a GGUF file's name) names the model ``listed``: the
-    full id, or its last part (a local copy keeps the repository's name), quantization tag aside."""
+    full id, or its last part (a local copy keeps the repository's name), quantization tag and core-rerank's
+    dequantization-cache suffix aside."""
     return given.strip().rstrip("/").lower() == listed.lower() or _model_name(given) == _model_name(listed)
 
 

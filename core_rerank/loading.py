@@ -7,10 +7,14 @@ only on layers < l, so the selected heads see bit-identical inputs (docs/method.
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
 import logging
 import threading
+import types
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,12 +39,14 @@ __all__ = [
     "LoadedModel",
     "ModelShape",
     "clear_model_cache",
+    "describe_model",
     "load_model",
     "model_cache_info",
     "model_shape",
     "resolve_device",
     "resolve_dtype",
     "resolve_quantization",
+    "wrap_model",
 ]
 
 QUANTIZATIONS = (None, "4bit", "8bit")
@@ -285,20 +291,164 @@ def _load(source, num_layers, dtype, quantization, device, local_files_only) -> 
         raise explain_load_failure(exc, source.model_id, location, local_files_only, quantization) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
-    # Decoder-layer attention carries a layer_idx (for the KV cache); a vision tower's usually does not.
-    if any(getattr(m, "is_causal", None) is False and hasattr(m, "layer_idx") for m in model.modules()):
-        raise UnsupportedModelError(
-            f"model {source.model_id!r} attends in both directions: it is an encoder such as BERT, not a decoder. "
-            "core-rerank reads the attention of a decoder (causal) language model."
-        )
+    _refuse_encoder(model, source.model_id)
     if quant_config is None:
         model.to(device)
     model.eval()
+    _require_fast_tokenizer(tokenizer, source.model_id)
+    return LoadedModel(model, tokenizer, source, shape, num_layers, dtype, quantization, device)
+
+
+def _refuse_encoder(model: torch.nn.Module, model_id: str) -> None:
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise UnsupportedModelError(
+            f"model {model_id!r} is an encoder-decoder (such as T5 or BART), not a decoder-only language model. "
+            "core-rerank reads the attention of a decoder (causal) language model."
+        )
+    # Decoder-layer attention carries a layer_idx (for the KV cache); a vision tower's usually does not.
+    if any(getattr(m, "is_causal", None) is False and hasattr(m, "layer_idx") for m in model.modules()):
+        raise UnsupportedModelError(
+            f"model {model_id!r} attends in both directions: it is an encoder such as BERT, not a decoder. "
+            "core-rerank reads the attention of a decoder (causal) language model."
+        )
+
+
+def _require_fast_tokenizer(tokenizer: Any, model_id: str) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise UnsupportedModelError(
-            f"model {source.model_id!r} has no fast tokenizer; core-rerank needs token offsets (tokenizer.json)"
+            f"model {model_id!r} has no fast tokenizer; core-rerank needs token offsets (tokenizer.json)"
         )
-    return LoadedModel(model, tokenizer, source, shape, num_layers, dtype, quantization, device)
+
+
+# ------------------------------------------------------------------ a model the caller already holds
+def describe_model(model: Any) -> tuple[ModelSource, ModelShape]:
+    """Name and shape of a Hugging Face model the caller loaded (``Reranker.from_model``), read from its config.
+
+    The name is the config's ``name_or_path`` (what ``from_pretrained`` was given): a hub id as is, a
+    directory by its last part, as ``Reranker(directory)`` names it; head lists are matched on it.
+    Raises :class:`UnsupportedModelError` for encoders and encoder-decoders.
+    """
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise InvalidInputTypeError(
+            "from_model needs a loaded Hugging Face transformers model (a PreTrainedModel such as "
+            f"AutoModelForCausalLM.from_pretrained(...)), got {type(model).__name__}"
+        )
+    name = str(getattr(model.config, "name_or_path", "") or "")
+    if not name:
+        model_id = f"<unnamed {type(model).__name__}>"
+    elif Path(name).is_dir():
+        model_id = Path(name).resolve().name
+    else:
+        model_id = name
+    _refuse_encoder(model, model_id)
+    return ModelSource("hf", model_id, name), model_shape(model.config)
+
+
+def _quantization_of(model: Any) -> str | None:
+    """How the caller's model is quantized, as ``Reranker.quantization`` reports it (``None``: dense)."""
+    if getattr(model, "is_loaded_in_4bit", False):
+        return "4bit"
+    if getattr(model, "is_loaded_in_8bit", False):
+        return "8bit"
+    config = getattr(model.config, "quantization_config", None)
+    method = config.get("quant_method") if isinstance(config, dict) else getattr(config, "quant_method", None)
+    return None if method is None else str(getattr(method, "value", method))
+
+
+def wrap_model(model: Any, tokenizer: Any, source: ModelSource, shape: ModelShape, num_layers: int) -> LoadedModel:
+    """The caller's model as a :class:`LoadedModel` running only its first ``num_layers`` decoder layers.
+
+    Nothing is loaded or copied: :func:`truncated_view` shares the model's weight tensors. dtype, device and
+    quantization are the model's own. The tokenizer is copied (a few MB): fast tokenizers are not safe to use
+    from two threads at once, and scoring toggles a setting of the Rust tokenizer on each call, which would
+    leak into the caller's own tokenization (chat markers read as plain text) if it ran at the same moment.
+    """
+    _require_fast_tokenizer(tokenizer, source.model_id)
+    if not 1 <= num_layers <= shape.num_layers:
+        raise InvalidInputError(f"cannot keep {num_layers} layers of a {shape.num_layers}-layer model")
+    first = next(model.parameters())
+    view = truncated_view(model.get_decoder(), num_layers, source.model_id)
+    return LoadedModel(
+        view,
+        copy.deepcopy(tokenizer),
+        source,
+        shape,
+        num_layers,
+        model.dtype,
+        _quantization_of(model),
+        str(first.device),
+    )
+
+
+def truncated_view(decoder: torch.nn.Module, num_layers: int, model_id: str = "") -> torch.nn.Module:
+    """A module of ``decoder``'s class that runs its first ``num_layers`` layers with core-rerank's attention.
+
+    The view is made of new module objects around the very same parameter and buffer tensors (no weight is
+    copied: ``data_ptr`` is shared), so the caller's model is never modified, not even for the length of a
+    forward pass: its config and attention implementation, its train/eval mode and its hooks stay as they
+    were, and it can generate on another thread while the view scores. The view has its own copy of the
+    config, cut to ``num_layers`` layers and set to ``capture.ATTN_IMPLEMENTATION``; it is in eval mode; the
+    layers after ``num_layers`` and the LM head are not part of it. It reflects the model when it is made:
+    in-place changes to the weights are seen, structural ones (new modules, adapters, hooks) are not, and a
+    model moved to another device needs a new view.
+    """
+    config = decoder.config
+    layers = [
+        (name, child)
+        for name, child in decoder.named_children()
+        if isinstance(child, torch.nn.ModuleList) and len(child) == config.num_hidden_layers
+    ]
+    if len(layers) != 1:
+        raise UnsupportedModelError(
+            f"model {model_id!r}: cannot find its list of {config.num_hidden_layers} decoder layers "
+            f"({type(decoder).__name__} has {len(layers)} candidate module lists)"
+        )
+    layers_name, all_layers = layers[0]
+    view_config = copy.deepcopy(config)
+    view_config.num_hidden_layers = num_layers
+    if isinstance(getattr(view_config, "layer_types", None), list):
+        view_config.layer_types = view_config.layer_types[:num_layers]
+    view_config._attn_implementation = capture.ATTN_IMPLEMENTATION
+    view_config.output_attentions = False
+    view_config.output_hidden_states = False
+    memo: dict[int, torch.nn.Module] = {}
+    view = _clone_module(decoder, config, view_config, memo, skip=frozenset({id(all_layers)}))
+    kept = torch.nn.ModuleList([_clone_module(layer, config, view_config, memo) for layer in all_layers[:num_layers]])
+    view._modules[layers_name] = kept
+    return view.eval()
+
+
+def _clone_module(
+    module: torch.nn.Module,
+    config: Any,
+    view_config: Any,
+    memo: dict[int, torch.nn.Module],
+    skip: frozenset[int] = frozenset(),
+) -> torch.nn.Module:
+    """A new module object of ``module``'s class sharing its parameters, buffers and hooks (the containers are
+    copied, their tensors and functions are not); children are cloned the same way, except those in ``skip``."""
+    if id(module) in memo:
+        return memo[id(module)]
+    new = object.__new__(type(module))
+    state = dict(module.__dict__)
+    for key, value in state.items():
+        if value is config:
+            state[key] = view_config
+        elif isinstance(value, (dict, list, set)):
+            state[key] = copy.copy(value)  # _parameters, _buffers, hook dicts, ...: same entries, own container
+        elif isinstance(value, types.MethodType) and value.__self__ is module:
+            state[key] = types.MethodType(value.__func__, new)  # e.g. accelerate's saved _old_forward
+        elif isinstance(value, functools.partial) and value.args and value.args[0] is module:
+            state[key] = functools.partial(value.func, new, *value.args[1:], **value.keywords)  # accelerate's forward
+    new.__dict__.update(state)
+    memo[id(module)] = new
+    new.__dict__["_modules"] = {
+        name: None if child is None or id(child) in skip else _clone_module(child, config, view_config, memo)
+        for name, child in module._modules.items()
+    }
+    return new
 
 
 def clear_model_cache() -> int:

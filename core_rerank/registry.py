@@ -19,7 +19,7 @@ from .once import OncePerKey
 if TYPE_CHECKING:
     from .reranker import Reranker
 
-__all__ = ["ENGINE_SETTINGS", "clear_cache", "reranker_for", "shared_reranker"]
+__all__ = ["ENGINE_SETTINGS", "clear_cache", "reranker_for", "settings_of", "shared_reranker"]
 
 ENGINE_SETTINGS = (
     "model",
@@ -70,6 +70,45 @@ def clear_cache() -> int:
     return models
 
 
+def settings_of(reranker: Reranker) -> dict[str, Any]:
+    """The ``ENGINE_SETTINGS`` that describe ``reranker``, as a wrapper's fields hold them: a wrapper given a
+    ready reranker shows (and serializes) these, so a rebuilt wrapper loads the same model with the same heads.
+    ``heads`` is ``None`` for the model's bundled list, ``"all"``, or the ``(layer, head)`` pairs."""
+    from .heads import find_bundled_head_list
+
+    heads = reranker.head_list
+    if heads.method == "all":
+        head_setting: Any = "all"
+    elif find_bundled_head_list(reranker.model_id) == heads:
+        head_setting = None
+    else:
+        head_setting = [tuple(h) for h in heads.heads]
+    return {
+        "model": reranker.source.setting,
+        "heads": head_setting,
+        "quantization": reranker.quantization,
+        "dtype": str(reranker.dtype).removeprefix("torch."),
+        "device": reranker.device,
+        "max_doc_tokens": reranker.max_doc_tokens,
+        "max_tokens": reranker.max_tokens,
+        "max_documents": reranker.max_documents,
+    }
+
+
 def reranker_for(config: Any) -> Reranker:
-    """The shared reranker for an object (a framework wrapper) that has the ``ENGINE_SETTINGS`` attributes."""
-    return shared_reranker(**{name: getattr(config, name) for name in ENGINE_SETTINGS})
+    """The reranker for an object (a framework wrapper) that has the ``ENGINE_SETTINGS`` attributes: the one
+    it holds as ``config.reranker`` when set (its settings must still describe it), else the shared one."""
+    settings = {name: getattr(config, name) for name in ENGINE_SETTINGS}
+    held = getattr(config, "reranker", None)
+    if held is None:
+        return shared_reranker(**settings)
+    changed = sorted(name for name, value in settings_of(held).items() if settings[name] != value)
+    if changed:
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"this {type(config).__name__} holds a ready Reranker, but its {', '.join(changed)} no longer describe "
+            "it: the settings of a given reranker are its own. Build another Reranker (e.g. Reranker.from_model"
+            "(model, tokenizer, max_doc_tokens=...)) and pass it, or drop reranker= to load by settings."
+        )
+    return held

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from . import scoring
-from .errors import ContextLengthError, InvalidInputError, InvalidInputTypeError
+from .errors import ContextLengthError, HeadListNotFoundError, InvalidInputError, InvalidInputTypeError
 from .head_signal import HeadSignals, PromptTokens, head_signals_many
 from .heads import HeadList, HeadSpec, resolve_head_list
 from .inputs import (
@@ -136,28 +136,7 @@ class Reranker:
         revision: str | None = None,
         allow_other_model_heads: bool = False,
     ) -> None:
-        if order not in ("reverse", "given"):
-            raise InvalidInputError(f"order must be 'reverse' or 'given', got {order!r}")
-        for name, value in (
-            ("max_doc_tokens", max_doc_tokens),
-            ("max_tokens", max_tokens),
-            ("max_documents", max_documents),
-        ):
-            if value is None and name != "max_doc_tokens":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-        if fusion_weight is not None and (
-            isinstance(fusion_weight, bool)
-            or not isinstance(fusion_weight, (int, float))
-            or not math.isfinite(fusion_weight)
-            or fusion_weight < 0
-        ):
-            raise InvalidInputError(f"fusion_weight must be a finite number >= 0 or None, got {fusion_weight!r}")
-        if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
-            raise InvalidInputTypeError(f"temperature must be a number or None, got {type(temperature).__name__}")
-        if temperature is not None and not temperature > 0:
-            raise InvalidInputError(f"temperature must be > 0, got {temperature!r}")
+        _check_settings(max_doc_tokens, max_tokens, max_documents, order, temperature, fusion_weight)
         self.source = resolve_source(model, revision)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -171,7 +150,7 @@ class Reranker:
             allow_other_model=allow_other_model_heads,
         )
         self.quantization = resolve_quantization(quantization, self.device, shape, self.head_list.max_layer + 1)
-        self._loaded: LoadedModel = load_model(
+        loaded = load_model(
             self.source,
             self.head_list.max_layer + 1,
             dtype=self.dtype,
@@ -179,6 +158,81 @@ class Reranker:
             device=self.device,
             local_files_only=local_files_only,
         )
+        self._configure(loaded, max_doc_tokens, max_tokens, max_documents, order, temperature, fusion_weight)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        heads: HeadSpec = None,
+        *,
+        max_doc_tokens: int = 400,
+        max_tokens: int | None = None,
+        max_documents: int | None = DEFAULT_MAX_DOCUMENTS,
+        fusion_weight: float | None = None,
+        order: Literal["reverse", "given"] = "reverse",
+        temperature: float | None = None,
+        allow_other_model_heads: bool = False,
+    ) -> Reranker:
+        """A reranker on a model you have already loaded, e.g. the one your chatbot generates with.
+
+        ``model`` is a Hugging Face decoder: ``AutoModelForCausalLM.from_pretrained(...)`` (its LM head never
+        runs) or a bare ``AutoModel`` decoder; ``tokenizer`` is its (fast) tokenizer. Nothing is loaded or
+        copied: scoring runs the model's first layers, up to the deepest selected head, through a view that
+        shares the model's weight tensors (``core_rerank.loading.truncated_view``). dtype, device and
+        quantization (e.g. bitsandbytes 4-bit) are the model's own, never changed.
+
+        Your model is left exactly as it is, even while scoring: the view has its own config (with core-rerank's
+        attention function, which computes the outputs with SDPA and captures the selected heads' rows on the
+        scoring thread only), its own eval mode and module objects, and the tokenizer is copied. So the model can
+        keep its attention implementation and train/eval mode, and generate on another thread while this
+        reranker scores; calls to this reranker from several threads are serialised, as for every reranker.
+        The view is taken now: later in-place weight changes are seen; new modules, adapters or hooks, or moving
+        the model to another device, need a new ``from_model``.
+
+        ``heads=None`` picks the head list bundled for the model, found by its config's ``name_or_path`` (a hub
+        id, or a directory named like one); a model without one raises
+        :class:`~core_rerank.HeadListNotFoundError` unless ``heads`` is given. The other settings are those of
+        :class:`Reranker`. Encoders are refused with :class:`~core_rerank.UnsupportedModelError`.
+        """
+        from .loading import describe_model, wrap_model
+
+        _check_settings(max_doc_tokens, max_tokens, max_documents, order, temperature, fusion_weight)
+        source, shape = describe_model(model)
+        try:
+            head_list = resolve_head_list(
+                heads,
+                source.model_id,
+                shape.num_layers,
+                shape.num_heads,
+                shape.num_kv_heads,
+                allow_other_model=allow_other_model_heads,
+            )
+        except HeadListNotFoundError as exc:
+            raise HeadListNotFoundError(
+                f"{exc}\n(from_model names a model by its config's name_or_path: {source.location!r})"
+            ) from None
+        loaded = wrap_model(model, tokenizer, source, shape, head_list.max_layer + 1)
+        self = cls.__new__(cls)
+        self.source, self.head_list = source, head_list
+        self.device, self.dtype, self.quantization = loaded.device, loaded.dtype, loaded.quantization
+        self._configure(loaded, max_doc_tokens, max_tokens, max_documents, order, temperature, fusion_weight)
+        return self
+
+    def _configure(
+        self,
+        loaded: LoadedModel,
+        max_doc_tokens: int,
+        max_tokens: int | None,
+        max_documents: int | None,
+        order: str,
+        temperature: float | None,
+        fusion_weight: float | None,
+    ) -> None:
+        """Settings that need the loaded tokenizer (prompt overhead, context cap), shared by both constructors."""
+        shape = loaded.shape
+        self._loaded: LoadedModel = loaded
         self._markers = chat_markers(self._loaded.tokenizer)
         self.max_doc_tokens = max_doc_tokens
         if max_tokens is not None and max_tokens > shape.context_length:
@@ -335,6 +389,22 @@ class Reranker:
     def calibrated(self) -> bool:
         """Whether results carry a calibrated ``relevance`` (the head list has a fitted relevance map)."""
         return "relevance" in self.head_list.calibration
+
+    # A reranker is a handle on a loaded model: a copy, deep or not (of a framework wrapper holding it, say),
+    # gets its own settings and shares the model, whose weights are never duplicated.
+    def __copy__(self) -> Reranker:
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __deepcopy__(self, memo: dict) -> Reranker:
+        return self.__copy__()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a Reranker holds a loaded model and cannot be pickled: pickle its settings instead (a framework "
+            "wrapper's model_dump() / to_dict() records them) and build a new one from them"
+        )
 
     # ---------------------------------------------------------------- internals
     def _relevance(self, raw: Sequence[float]) -> list[float | None]:
@@ -566,6 +636,34 @@ class Reranker:
             self._results(q, docs, raw, windows, top_n, min_score, first)
             for q, (raw, windows), first in zip(queries, scored, firsts)
         ]
+
+
+def _check_settings(
+    max_doc_tokens: Any, max_tokens: Any, max_documents: Any, order: Any, temperature: Any, fusion_weight: Any
+) -> None:
+    """Refuse settings no reranker can use, before any model work."""
+    if order not in ("reverse", "given"):
+        raise InvalidInputError(f"order must be 'reverse' or 'given', got {order!r}")
+    for name, value in (
+        ("max_doc_tokens", max_doc_tokens),
+        ("max_tokens", max_tokens),
+        ("max_documents", max_documents),
+    ):
+        if value is None and name != "max_doc_tokens":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
+        raise InvalidInputTypeError(f"temperature must be a number or None, got {type(temperature).__name__}")
+    if temperature is not None and not temperature > 0:
+        raise InvalidInputError(f"temperature must be > 0, got {temperature!r}")
+    if fusion_weight is not None and (
+        isinstance(fusion_weight, bool)
+        or not isinstance(fusion_weight, (int, float))
+        or not math.isfinite(fusion_weight)
+        or fusion_weight < 0
+    ):
+        raise InvalidInputError(f"fusion_weight must be a finite number >= 0 or None, got {fusion_weight!r}")
 
 
 def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:

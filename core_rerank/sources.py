@@ -44,6 +44,18 @@ class ModelSource:
     packaged: bool = False  # weights from a packaged model: one cache entry per model, stale ones pruned
     sha256: str | None = None  # of gguf_file, when already known (assembled packaged models)
 
+    @property
+    def setting(self) -> str:
+        """What ``Reranker(model=...)`` takes to load this model again: ``"default"``, a packaged model's name,
+        the GGUF file, or the directory / hub id (the model's name when it has neither)."""
+        if self.kind == "default":
+            return "default"
+        if self.packaged:
+            return next((p.name for p in PACKAGED_MODELS.values() if p.model_id == self.model_id), self.model_id)
+        if self.gguf_file is not None:
+            return str(self.gguf_file)
+        return self.location or self.model_id
+
 
 def resolve_source(model: str | os.PathLike | None, revision: str | None = None) -> ModelSource:
     """Classify what the user named as ``model`` without loading anything."""

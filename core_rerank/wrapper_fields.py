@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Collection, Mapping
 from typing import Any
 
-__all__ = ["deprecated_alias", "plain_setting", "renamed_setting"]
+__all__ = ["check_reranker", "deprecated_alias", "plain_setting", "renamed_setting", "settings_from_reranker"]
 
 
 def plain_setting(name: str, value: Any) -> Any:
@@ -63,3 +63,41 @@ def deprecated_alias(old: str, new: str, framework: Collection[str]) -> property
         setattr(self, new, value)
 
     return property(get, set_, doc=f"Deprecated name of ``{new}`` (readable and settable for one release).")
+
+
+def check_reranker(value: Any) -> Any:
+    """Body of a ``reranker`` field validator: ``None`` or a :class:`core_rerank.Reranker`."""
+    if value is None:
+        return None
+    from .reranker import Reranker  # a Reranker exists, so torch is loaded already: no cost to the light import
+
+    if not isinstance(value, Reranker):
+        raise ValueError(
+            f"reranker must be a core_rerank.Reranker (e.g. Reranker.from_model(model, tokenizer)), "
+            f"got {type(value).__name__}"
+        )
+    return value
+
+
+def settings_from_reranker(data: Any) -> Any:
+    """Body of a pydantic ``mode="before"`` model validator: with ``reranker=`` given, the engine settings are
+    the reranker's (``registry.settings_of``). One given as well must agree with it: it cannot be honoured."""
+    if not isinstance(data, Mapping) or data.get("reranker") is None:
+        return data
+    from .registry import settings_of
+
+    held = settings_of(check_reranker(data["reranker"]))
+    differ = [name for name, value in held.items() if name in data and _normal(name, data[name]) != value]
+    if differ:
+        raise ValueError(
+            f"give {', '.join(differ)} to the Reranker, not with reranker=...: a ready reranker's settings are "
+            f"its own (it has {', '.join(f'{n}={held[n]!r}' for n in differ)})"
+        )
+    return {**data, **held}
+
+
+def _normal(name: str, value: Any) -> Any:
+    value = plain_setting(name, value)
+    if name == "heads" and isinstance(value, (list, tuple)):
+        return [tuple(h) if isinstance(h, list) else h for h in value]
+    return value

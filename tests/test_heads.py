@@ -146,6 +146,11 @@ def test_same_model_names():
     assert same_model("gemma-3-270m-q4_k_m", "google/gemma-3-270m")
     assert not same_model("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-Coder-0.5B-Instruct")
     assert not same_model("SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    # core-rerank's dequantized copy of a GGUF file ("<stem>-<sha256[:20]>-v1"), as a model loaded from it is named
+    cached = "/cache/core-rerank/gguf/SmolLM2-135M-Instruct.Q4_1-b179c9523d0e6a0f98a3-v1"
+    assert same_model(cached, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert same_model("gemma-3-270m-q4_k_m-0123456789abcdef0123-v2/", "google/gemma-3-270m")
+    assert not same_model("SmolLM2-135M-Instruct-final-v1", "HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
 def test_head_lists_are_hashable_values():

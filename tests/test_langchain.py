@@ -427,3 +427,89 @@ def test_contextual_compression_in_an_lcel_chain():
         positions = [system.index(d.page_content) for d in reranked]
         assert positions == sorted(positions)  # the prompt holds the context in the re-ranked order
         assert system.index(corpus[relevant]["title"]) == len("Context:\n")  # the relevant abstract comes first
+
+
+# ---------------------------------------------------------------- a model the application already holds
+@pytest.fixture(scope="module")
+def held(default_chat_model):
+    """A Reranker on the full causal LM a chat application holds (``Reranker.from_model``)."""
+    from core_rerank import Reranker
+
+    model, tokenizer = default_chat_model
+    return Reranker.from_model(model, tokenizer)
+
+
+def test_a_ready_reranker_scores_with_the_held_model(held, default_chat_model):
+    from core_rerank.loading import model_cache_info
+
+    loads = model_cache_info().loads
+    c = CoReRerank(reranker=held, top_n=3)
+    assert c.engine is held and model_cache_info().loads == loads  # nothing loaded: the held model scores
+    out = c.compress_documents(sanity_documents(), FRUIT_Q)
+    expected = held.rank(FRUIT_Q, SANITY_DOCS, top_n=3)
+    assert [d.id for d in out] == [f"id{i}" for i in expected.indices] and out[0].id == f"id{FRUIT}"
+    assert [d.metadata["relevance_score"] for d in out] == [r.normalized_score for r in expected]
+    assert [d.id for d in asyncio.run(c.acompress_documents(sanity_documents(), FRUIT_Q))] == [d.id for d in out]
+    held_weights = {p.data_ptr() for p in default_chat_model[0].parameters()}
+    assert {p.data_ptr() for p in c.engine.loaded_model.model.parameters()} <= held_weights
+
+
+def test_a_ready_reranker_owns_the_engine_settings(held, default_chat_model):
+    c = CoReRerank(reranker=held)
+    # The fields describe the engine (so a dump records it): the model's name, its bundled heads, its dtype...
+    assert c.model == held.source.location == default_chat_model[0].config.name_or_path
+    assert (c.heads, c.dtype, c.device, c.quantization) == (None, "float32", "cpu", None)
+    assert (c.max_doc_tokens, c.max_tokens, c.max_documents) == (400, held.max_tokens, held.max_documents)
+    assert CoReRerank(reranker=held, dtype="float32", model=c.model).engine is held  # agreeing settings are fine
+    with pytest.raises(ValidationError, match="give heads, max_doc_tokens to the Reranker"):
+        CoReRerank(reranker=held, max_doc_tokens=64, heads="all")  # they could not be honoured
+    with pytest.raises(ValidationError, match=r"must be a core_rerank\.Reranker"):
+        CoReRerank(reranker="default")
+    changed = c.model_copy()
+    changed.max_doc_tokens = 64  # a setting changed after construction cannot reach the given reranker
+    with pytest.raises(InvalidInputError, match="max_doc_tokens no longer describe"):
+        changed.compress_documents(sanity_documents(), FRUIT_Q)
+    assert c.model_copy(update={"top_n": 1}).compress_documents(sanity_documents(), FRUIT_Q)[0].id == f"id{FRUIT}"
+
+
+def test_a_ready_reranker_is_not_serialized_but_its_settings_are(held):
+    c = CoReRerank(reranker=held, top_n=2)
+    data = c.model_dump()
+    assert "reranker" not in data and data["model"] == c.model and data["dtype"] == "float32"
+    json.dumps(data)
+    assert copy.deepcopy(c).engine.loaded_model is held.loaded_model  # a copy shares the model, never duplicates it
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(c)
+    # Rebuilt from its dump, the wrapper loads the same model by name (core-rerank's own load) and ranks alike.
+    rebuilt = CoReRerank(**data)
+    assert rebuilt.reranker is None and rebuilt.engine is not held
+    assert rebuilt.engine.loaded_model.layers_loaded == held.loaded_model.layers_loaded
+    want = [(d.id, d.metadata["core_rerank_score"]) for d in c.compress_documents(sanity_documents(), MOUNTAIN_Q)]
+    got = [(d.id, d.metadata["core_rerank_score"]) for d in rebuilt.compress_documents(sanity_documents(), MOUNTAIN_Q)]
+    assert [i for i, _ in got] == [i for i, _ in want] and [s for _, s in got] == pytest.approx([s for _, s in want])
+
+
+def test_held_model_in_a_contextual_compression_retriever(held):
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.vectorstores import InMemoryVectorStore
+    from sentence_transformers import SentenceTransformer
+
+    class MiniLM(Embeddings):
+        model = SentenceTransformer(minilm_dir(), device="cpu")
+
+        def embed_documents(self, texts):
+            return self.model.encode(list(texts), normalize_embeddings=True).tolist()
+
+        def embed_query(self, text):
+            return self.embed_documents([text])[0]
+
+    store = InMemoryVectorStore.from_documents(sanity_documents(), MiniLM())
+    retriever = ContextualCompressionRetriever(
+        base_compressor=CoReRerank(reranker=held, top_n=2),
+        base_retriever=store.as_retriever(search_kwargs={"k": 6}),
+    )
+    for query, relevant in (SANITY_QUERIES[0], SANITY_QUERIES[5]):
+        found = retriever.invoke(query)
+        assert len(found) == 2 and found[0].id == f"id{relevant}"
+        assert 0 < found[1].metadata["relevance_score"] < found[0].metadata["relevance_score"] < 1

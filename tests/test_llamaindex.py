@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import pickle
 import subprocess
 import sys
 import threading
@@ -374,3 +375,67 @@ def test_vector_store_index_query_engine(rerank_events):
         scores = [n.score for n in sources]
         assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
         assert corpus[relevant]["title"] in str(response)  # MockLLM echoes its prompt: the context reached it
+
+
+# ---------------------------------------------------------------- a model the application already holds
+@pytest.fixture(scope="module")
+def held(default_chat_model):
+    """A Reranker on the full causal LM a chat application holds (``Reranker.from_model``)."""
+    from core_rerank import Reranker
+
+    model, tokenizer = default_chat_model
+    return Reranker.from_model(model, tokenizer)
+
+
+def test_a_ready_reranker_scores_with_the_held_model(held, rerank_events):
+    from core_rerank.loading import model_cache_info
+
+    loads = model_cache_info().loads
+    p = CoReRerank(reranker=held, top_n=3)
+    assert p.engine is held and p.model == held.source.location  # the held model's name, for events and dumps
+    out = p.postprocess_nodes(sanity_nodes(), query_str=FRUIT_Q)
+    assert model_cache_info().loads == loads  # nothing loaded: the held model scored
+    texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in sanity_nodes()]
+    expected = held.rank(FRUIT_Q, texts, top_n=3)
+    assert [n.node.node_id for n in out] == [f"n{i}" for i in expected.indices] and out[0].node.node_id == f"n{FRUIT}"
+    assert [n.score for n in out] == [r.normalized_score for r in expected]
+    start, _ = rerank_events
+    assert start.model_name == held.source.location
+    again = asyncio.run(p.apostprocess_nodes(sanity_nodes(), query_str=FRUIT_Q))
+    assert [n.node.node_id for n in again] == [n.node.node_id for n in out]
+    with pytest.raises(ValidationError, match="give max_doc_tokens to the Reranker"):
+        CoReRerank(reranker=held, max_doc_tokens=64)
+
+
+def test_a_ready_reranker_is_not_serialized_but_its_settings_are(held):
+    p = CoReRerank(reranker=held, top_n=2, keep_retrieval_score=True)
+    data = p.to_dict()
+    assert "reranker" not in data and data["model"] == held.source.location and data["dtype"] == "float32"
+    json.dumps(data)
+    again = CoReRerank.from_dict(data)
+    assert again.reranker is None and again.to_dict() == data  # loads the same model by name on first use
+    assert copy.deepcopy(p).engine.loaded_model is held.loaded_model  # a copy shares the model, never duplicates it
+    # LlamaIndex's pickling drops what cannot be pickled (with a warning) and rebuilds from the rest: the settings.
+    unpickled = pickle.loads(pickle.dumps(p))
+    assert unpickled.reranker is None and unpickled.to_dict() == data
+
+
+def test_held_model_in_a_vector_store_query_engine(held, rerank_events):
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core.llms import MockLLM
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    docs = [Document(text=text, id_=f"d{i}") for i, text in enumerate(SANITY_DOCS)]
+    index = VectorStoreIndex.from_documents(docs, embed_model=HuggingFaceEmbedding(model_name=minilm_dir()))
+    engine = index.as_query_engine(
+        llm=MockLLM(), similarity_top_k=6, node_postprocessors=[CoReRerank(reranker=held, top_n=2)]
+    )
+    for query, relevant in (SANITY_QUERIES[0], SANITY_QUERIES[5]):
+        del rerank_events[:]
+        response = engine.query(query)
+        start, end = rerank_events
+        assert len(start.nodes) == 6 and start.model_name == held.source.location
+        sources = response.source_nodes
+        assert len(sources) == 2 and sources[0].node.ref_doc_id == f"d{relevant}"
+        assert [n.node.node_id for n in sources] == [n.node.node_id for n in end.nodes]
+        assert SANITY_DOCS[relevant] in str(response)  # MockLLM echoes its prompt: the context reached it

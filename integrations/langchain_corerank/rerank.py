@@ -5,7 +5,8 @@
     >>> retriever = ContextualCompressionRetriever(base_compressor=CoReRerank(top_n=3), base_retriever=base)
 
 The engine (and its model) is created on first use and shared process-wide with every other
-``core_rerank.Reranker`` configured alike, including the LlamaIndex ``CoReRerank``.
+``core_rerank.Reranker`` configured alike, including the LlamaIndex ``CoReRerank``. To re-rank with a model
+your application already holds, pass ``reranker=Reranker.from_model(model, tokenizer)``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 
 from core_rerank.inputs import DEFAULT_MAX_DOCUMENTS, check_query
 from core_rerank.registry import reranker_for
-from core_rerank.wrapper_fields import deprecated_alias, plain_setting, renamed_setting
+from core_rerank.wrapper_fields import (
+    check_reranker,
+    deprecated_alias,
+    plain_setting,
+    renamed_setting,
+    settings_from_reranker,
+)
 
 if TYPE_CHECKING:
     from core_rerank import RankedResults, Reranker
@@ -70,15 +77,27 @@ class CoReRerank(BaseDocumentCompressor):
     """Drop documents whose ``metadata["relevance_score"]`` (the softmax share over this candidate list, in
     [0, 1]) is below this value; applied before ``top_n``. ``None`` keeps all. (Formerly ``score_threshold``.)"""
 
+    reranker: Any = Field(default=None, exclude=True)
+    """A ready ``core_rerank.Reranker`` to score with, e.g. ``Reranker.from_model(model, tokenizer)`` on the model
+    your application already holds (no second copy is loaded). The engine settings above then come from it (give
+    them to the ``Reranker``); it is not serialized: a dump records those settings, so a rebuilt wrapper loads
+    the same model by name."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_attribute_docstrings=True)
 
     @model_validator(mode="before")
     @classmethod
     def _renamed_score_threshold(cls, data: Any) -> Any:
         # score_threshold: the deprecated name of min_relevance_score, accepted for one release.
-        return renamed_setting(
+        data = renamed_setting(
             data, "score_threshold", "min_relevance_score", 'a minimum metadata["relevance_score"]', _FRAMEWORK
         )
+        return settings_from_reranker(data)  # with reranker=..., the engine settings are the reranker's
+
+    @field_validator("reranker")
+    @classmethod
+    def _reranker(cls, value: Any) -> Any:
+        return check_reranker(value)
 
     score_threshold = deprecated_alias("score_threshold", "min_relevance_score", _FRAMEWORK)
 
@@ -91,7 +110,8 @@ class CoReRerank(BaseDocumentCompressor):
     # ------------------------------------------------------------------ engine
     @property
     def engine(self) -> Reranker:
-        """The ``core_rerank.Reranker`` for these settings: built on first use, shared process-wide."""
+        """The ``core_rerank.Reranker`` it scores with: ``reranker`` when given, else the one for these settings
+        (built on first use, shared process-wide)."""
         return reranker_for(self)
 
     # ------------------------------------------------------------------ compressor API

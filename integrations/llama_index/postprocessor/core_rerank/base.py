@@ -4,7 +4,8 @@
     >>> query_engine = index.as_query_engine(similarity_top_k=10, node_postprocessors=[CoReRerank(top_n=3)])
 
 The engine (and its model) is created on first use and shared process-wide with every other
-``core_rerank.Reranker`` configured alike, including the LangChain ``CoReRerank``.
+``core_rerank.Reranker`` configured alike, including the LangChain ``CoReRerank``. To re-rank with a model
+your application already holds, pass ``reranker=Reranker.from_model(model, tokenizer)``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from core_rerank.errors import InvalidInputError
 from core_rerank.inputs import DEFAULT_MAX_DOCUMENTS, check_query
 from core_rerank.registry import reranker_for
-from core_rerank.wrapper_fields import deprecated_alias, plain_setting, renamed_setting
+from core_rerank.wrapper_fields import (
+    check_reranker,
+    deprecated_alias,
+    plain_setting,
+    renamed_setting,
+    settings_from_reranker,
+)
 
 if TYPE_CHECKING:
     from core_rerank import RankedResults, Reranker
@@ -81,6 +88,14 @@ class CoReRerank(BaseNodePostprocessor):
     keep_retrieval_score: bool = Field(
         default=False, description="Keep the first-stage score in node.metadata['retrieval_score']."
     )
+    reranker: Any = Field(
+        default=None,
+        exclude=True,
+        description="A ready core_rerank.Reranker to score with, e.g. Reranker.from_model(model, tokenizer) on the "
+        "model your application already holds (no second copy is loaded). The engine settings above then come from "
+        "it (give them to the Reranker); it is not serialized: to_dict() records those settings, so a rebuilt "
+        "postprocessor loads the same model by name.",
+    )
 
     @field_validator("model", "heads", "dtype", mode="before")
     @classmethod
@@ -92,9 +107,15 @@ class CoReRerank(BaseNodePostprocessor):
     @classmethod
     def _renamed_score_threshold(cls, data: Any) -> Any:
         # score_threshold: the deprecated name of min_relevance_score, accepted for one release.
-        return renamed_setting(
+        data = renamed_setting(
             data, "score_threshold", "min_relevance_score", "a minimum NodeWithScore.score", _FRAMEWORK
         )
+        return settings_from_reranker(data)  # with reranker=..., the engine settings are the reranker's
+
+    @field_validator("reranker")
+    @classmethod
+    def _reranker(cls, value: Any) -> Any:
+        return check_reranker(value)
 
     score_threshold = deprecated_alias("score_threshold", "min_relevance_score", _FRAMEWORK)
 
@@ -105,7 +126,8 @@ class CoReRerank(BaseNodePostprocessor):
     # ------------------------------------------------------------------ engine
     @property
     def engine(self) -> Reranker:
-        """The ``core_rerank.Reranker`` for these settings: built on first use, shared process-wide."""
+        """The ``core_rerank.Reranker`` it scores with: ``reranker`` when given, else the one for these settings
+        (built on first use, shared process-wide)."""
         return reranker_for(self)
 
     # ------------------------------------------------------------------ postprocessor API
