@@ -45,6 +45,17 @@ class RankResult:
         return self.index
 
     @property
+    def relevance_score(self) -> float:
+        """The [0, 1] score framework wrappers (and services) report: the calibrated ``relevance`` when the head
+        list has a fitted map, else the list-relative ``normalized_score``."""
+        return self.relevance if self.relevance is not None else self.normalized_score
+
+    @property
+    def json_attention_score(self) -> float | None:
+        """``attention_score`` as JSON can carry it (``None`` for an empty document)."""
+        return _json_number(self.attention_score)
+
+    @property
     def json_score(self) -> float | None:
         """``score`` as JSON can carry it: ``None`` for an empty document (JSON has no infinity)."""
         return self.score if math.isfinite(self.score) else None
@@ -98,10 +109,10 @@ class RankedResults(Sequence[RankResult]):
         warnings.warn("RankedResults.top_k(k) is deprecated: use results[:k]", DeprecationWarning, stacklevel=2)
         return self.results[:k]
 
-    def select(self, top_n: int | None = None, min_normalized_score: float | None = None) -> list[RankResult]:
-        """The best ``top_n`` results whose ``normalized_score`` reaches ``min_normalized_score``
-        (the filter applies first): how framework wrappers pick what they return."""
-        kept = [r for r in self.results if min_normalized_score is None or r.normalized_score >= min_normalized_score]
+    def select(self, top_n: int | None = None, min_relevance_score: float | None = None) -> list[RankResult]:
+        """The best ``top_n`` results whose ``relevance_score`` reaches ``min_relevance_score`` (the filter
+        applies first): how framework wrappers pick what they return."""
+        kept = [r for r in self.results if min_relevance_score is None or r.relevance_score >= min_relevance_score]
         return kept if top_n is None else kept[:top_n]
 
     def by_index(self, index: int) -> RankResult:

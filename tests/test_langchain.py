@@ -164,14 +164,14 @@ def test_compress_sorts_copies_and_keeps_metadata(compressor, default_rr):
     for d, r in zip(out, expected):
         original = docs[r.index]
         assert d is not original and d.page_content == original.page_content
-        assert d.metadata["relevance_score"] == pytest.approx(r.normalized_score, abs=1e-6)
+        assert d.metadata["relevance_score"] == pytest.approx(r.relevance, abs=1e-6)  # calibrated relevance
         assert d.metadata["core_rerank_score"] == pytest.approx(r.score, abs=1e-6)
         assert {k: v for k, v in d.metadata.items() if k not in ("relevance_score", "core_rerank_score")} == (
             original.metadata
         )
     relevance = [d.metadata["relevance_score"] for d in out]
     assert relevance == sorted(relevance, reverse=True)
-    assert sum(relevance) == pytest.approx(1.0) and all(0 <= s <= 1 for s in relevance)
+    assert all(0 <= s <= 1 for s in relevance) and relevance[0] > relevance[-1]
 
 
 @pytest.mark.parametrize(("query", "relevant"), [SANITY_QUERIES[0], SANITY_QUERIES[4]])
@@ -448,7 +448,7 @@ def test_a_ready_reranker_scores_with_the_held_model(held, default_chat_model):
     out = c.compress_documents(sanity_documents(), FRUIT_Q)
     expected = held.rank(FRUIT_Q, SANITY_DOCS, top_n=3)
     assert [d.id for d in out] == [f"id{i}" for i in expected.indices] and out[0].id == f"id{FRUIT}"
-    assert [d.metadata["relevance_score"] for d in out] == [r.normalized_score for r in expected]
+    assert [d.metadata["relevance_score"] for d in out] == [r.relevance_score for r in expected]
     assert [d.id for d in asyncio.run(c.acompress_documents(sanity_documents(), FRUIT_Q))] == [d.id for d in out]
     held_weights = {p.data_ptr() for p in default_chat_model[0].parameters()}
     assert {p.data_ptr() for p in c.engine.loaded_model.model.parameters()} <= held_weights
@@ -513,3 +513,20 @@ def test_held_model_in_a_contextual_compression_retriever(held):
         found = retriever.invoke(query)
         assert len(found) == 2 and found[0].id == f"id{relevant}"
         assert 0 < found[1].metadata["relevance_score"] < found[0].metadata["relevance_score"] < 1
+
+
+def test_first_stage_scores_from_metadata_are_fused():
+    """first_stage_score_key: the retriever's score in each document's metadata is fused with the attention,
+    exactly as Reranker.rank(first_stage_scores=...) does; a document without one turns fusion off."""
+    from core_rerank import Reranker
+
+    docs = sanity_documents()
+    for i, d in enumerate(docs):
+        d.metadata["score"] = float(i)  # a retriever that favours the last documents
+    fused = CoReRerank(top_n=None, first_stage_score_key="score").compress_documents(docs, FRUIT_Q)
+    expected = Reranker().rank(FRUIT_Q, SANITY_DOCS, first_stage_scores=[float(i) for i in range(len(docs))])
+    assert [d.id for d in fused] == [f"id{i}" for i in expected.indices]
+    assert [d.id for d in fused] != [d.id for d in CoReRerank(top_n=None).compress_documents(docs, FRUIT_Q)]
+    docs[0].metadata.pop("score")
+    partial = CoReRerank(top_n=None, first_stage_score_key="score").compress_documents(docs, FRUIT_Q)
+    assert [d.id for d in partial] == [f"id{i}" for i in Reranker().rank(FRUIT_Q, SANITY_DOCS).indices]

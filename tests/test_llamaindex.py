@@ -136,8 +136,8 @@ def test_postprocess_sorts_and_scores(post, default_rr):
     expected = default_rr.rank(FRUIT_Q, texts)
     assert [n.node.node_id for n in out] == [f"n{i}" for i in expected.indices]
     assert out[0].node.node_id == f"n{FRUIT}"
-    assert [n.score for n in out] == pytest.approx([r.normalized_score for r in expected], abs=1e-6)
-    assert sum(n.score for n in out) == pytest.approx(1.0)
+    assert [n.score for n in out] == pytest.approx([r.relevance for r in expected], abs=1e-6)  # calibrated
+    assert all(0 <= n.score <= 1 for n in out)
     assert all(n.node is nodes[r.index].node for n, r in zip(out, expected))  # same nodes, new scores
     assert "retrieval_score" not in out[0].node.metadata
 
@@ -398,7 +398,7 @@ def test_a_ready_reranker_scores_with_the_held_model(held, rerank_events):
     texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in sanity_nodes()]
     expected = held.rank(FRUIT_Q, texts, top_n=3)
     assert [n.node.node_id for n in out] == [f"n{i}" for i in expected.indices] and out[0].node.node_id == f"n{FRUIT}"
-    assert [n.score for n in out] == [r.normalized_score for r in expected]
+    assert [n.score for n in out] == [r.relevance_score for r in expected]
     start, _ = rerank_events
     assert start.model_name == held.source.location
     again = asyncio.run(p.apostprocess_nodes(sanity_nodes(), query_str=FRUIT_Q))
@@ -439,3 +439,23 @@ def test_held_model_in_a_vector_store_query_engine(held, rerank_events):
         assert len(sources) == 2 and sources[0].node.ref_doc_id == f"d{relevant}"
         assert [n.node.node_id for n in sources] == [n.node.node_id for n in end.nodes]
         assert SANITY_DOCS[relevant] in str(response)  # MockLLM echoes its prompt: the context reached it
+
+
+def test_use_retrieval_scores_fuses_the_retrievers_scores():
+    """use_retrieval_scores=True: NodeWithScore.score from the retriever is fused with the attention, as
+    Reranker.rank(first_stage_scores=...) does; a node without a score turns fusion off; off by default."""
+    from core_rerank import Reranker
+
+    nodes = sanity_nodes()
+    for i, n in enumerate(nodes):
+        n.score = float(i)  # a retriever that favours the last nodes
+    texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+    fused = CoReRerank(top_n=None, use_retrieval_scores=True).postprocess_nodes(nodes, query_str=FRUIT_Q)
+    expected = Reranker().rank(FRUIT_Q, texts, first_stage_scores=[float(i) for i in range(len(nodes))])
+    assert [n.node.node_id for n in fused] == [f"n{i}" for i in expected.indices]
+    plain = CoReRerank(top_n=None).postprocess_nodes(nodes, query_str=FRUIT_Q)
+    assert [n.node.node_id for n in plain] == [f"n{i}" for i in Reranker().rank(FRUIT_Q, texts).indices]
+    assert [n.node.node_id for n in fused] != [n.node.node_id for n in plain]
+    nodes[0].score = None
+    partial = CoReRerank(top_n=None, use_retrieval_scores=True).postprocess_nodes(nodes, query_str=FRUIT_Q)
+    assert [n.node.node_id for n in partial] == [n.node.node_id for n in plain]

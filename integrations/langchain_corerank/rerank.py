@@ -11,6 +11,7 @@ your application already holds, pass ``reranker=Reranker.from_model(model, token
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -74,8 +75,13 @@ class CoReRerank(BaseDocumentCompressor):
     top_n: int | None = Field(default=3, ge=1)
     """Number of documents kept (``None``: all). A list shorter than ``top_n`` is returned whole."""
     min_relevance_score: float | None = Field(default=None, allow_inf_nan=False)
-    """Drop documents whose ``metadata["relevance_score"]`` (the softmax share over this candidate list, in
-    [0, 1]) is below this value; applied before ``top_n``. ``None`` keeps all. (Formerly ``score_threshold``.)"""
+    """Drop documents whose ``metadata["relevance_score"]`` (the calibrated probability of relevance, in [0, 1];
+    README, "What the scores mean") is below this value; applied before ``top_n``. ``None`` keeps all.
+    (Formerly ``score_threshold``.)"""
+    first_stage_score_key: str | None = None
+    """Metadata key holding the retriever's own score of each document (higher = better), e.g. ``"score"``.
+    When every document carries a number there, it is fused with the attention (``Reranker.rank(...,
+    first_stage_scores=...)``), which ranks better than either alone behind BM25 or dense retrieval."""
 
     reranker: Any = Field(default=None, exclude=True)
     """A ready ``core_rerank.Reranker`` to score with, e.g. ``Reranker.from_model(model, tokenizer)`` on the model
@@ -125,7 +131,8 @@ class CoReRerank(BaseDocumentCompressor):
         check_query(query)  # InvalidInputError (a ValueError) / InvalidInputTypeError (a TypeError)
         if not documents:
             return []
-        ranked = self.engine.rank(query, [doc.page_content for doc in documents])
+        scores = self._first_stage_scores(documents)
+        ranked = self.engine.rank(query, [doc.page_content for doc in documents], first_stage_scores=scores)
         return self._select(documents, ranked)
 
     async def acompress_documents(
@@ -139,8 +146,17 @@ class CoReRerank(BaseDocumentCompressor):
         if not documents:
             return []
         texts = [doc.page_content for doc in documents]
-        ranked = await run_in_executor(None, lambda: self.engine.rank(query, texts))
+        scores = self._first_stage_scores(documents)
+        ranked = await run_in_executor(None, lambda: self.engine.rank(query, texts, first_stage_scores=scores))
         return self._select(documents, ranked)
+
+    def _first_stage_scores(self, documents: Sequence[Document]) -> list[float] | None:
+        """The retriever's scores under ``first_stage_score_key``, when every document has a finite number."""
+        if self.first_stage_score_key is None:
+            return None
+        values = [doc.metadata.get(self.first_stage_score_key) for doc in documents]
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        return [float(v) for v in values] if ok else None
 
     def _select(self, documents: Sequence[Document], ranked: RankedResults) -> list[Document]:
         out: list[Document] = []
@@ -148,8 +164,8 @@ class CoReRerank(BaseDocumentCompressor):
             original = documents[result.index]
             metadata = {
                 **original.metadata,
-                "relevance_score": result.normalized_score,
-                "core_rerank_score": result.json_score,  # None, not -inf, for an empty document
+                "relevance_score": result.relevance_score,
+                "core_rerank_score": result.json_attention_score,  # None, not -inf, for an empty document
             }
             out.append(original.model_copy(update={"metadata": metadata}))
         return out

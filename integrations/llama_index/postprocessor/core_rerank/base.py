@@ -11,6 +11,7 @@ your application already holds, pass ``reranker=Reranker.from_model(model, token
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
 from llama_index.core.bridge.pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -44,9 +45,10 @@ dispatcher = get_dispatcher(__name__)
 class CoReRerank(BaseNodePostprocessor):
     """Re-rank nodes with the attention of a decoder LLM's retrieval heads (core-rerank).
 
-    One list-wise forward pass scores all candidates together. ``NodeWithScore.score`` becomes the
-    relevance score: the softmax of the raw attention scores over this candidate list (in [0, 1],
-    summing to 1 over the candidates). Nodes without text score 0.
+    One list-wise forward pass scores all candidates together; with ``use_retrieval_scores`` the retriever's
+    scores are fused with the attention. ``NodeWithScore.score`` becomes the relevance
+    score: the calibrated probability that the node is relevant, in [0, 1] (README, "What the scores mean"; the
+    list-relative softmax share for a head list without a fitted map). Nodes without text score 0.
     """
 
     model: str = Field(
@@ -81,9 +83,14 @@ class CoReRerank(BaseNodePostprocessor):
     min_relevance_score: float | None = Field(
         default=None,
         allow_inf_nan=False,
-        description="Drop nodes whose returned NodeWithScore.score (the relevance score: the softmax share over "
-        "this candidate list, in [0, 1]) is below this value; applied before top_n. None keeps all. "
-        "(Formerly score_threshold.)",
+        description="Drop nodes whose returned NodeWithScore.score (the calibrated relevance, in [0, 1]) is below "
+        "this value; applied before top_n. None keeps all. (Formerly score_threshold.)",
+    )
+    use_retrieval_scores: bool = Field(
+        default=False,
+        description="Fuse the retriever's NodeWithScore.score (higher = better) with the attention when every node "
+        "has one (on dev data this ranked better than either alone, docs/retriever_study.md). The order is then "
+        "the fused one while NodeWithScore.score stays the attention's calibrated relevance.",
     )
     keep_retrieval_score: bool = Field(
         default=False, description="Keep the first-stage score in node.metadata['retrieval_score']."
@@ -141,7 +148,7 @@ class CoReRerank(BaseNodePostprocessor):
             return []
         self._start_event(nodes, query_bundle)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
-            ranked = self.engine.rank(query, _texts(nodes))
+            ranked = self.engine.rank(query, _texts(nodes), first_stage_scores=self._retrieval_scores(nodes))
             new_nodes = self._select(nodes, ranked)
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
@@ -157,13 +164,22 @@ class CoReRerank(BaseNodePostprocessor):
             return []
         self._start_event(nodes, query_bundle)
         texts = _texts(nodes)
+        scores = self._retrieval_scores(nodes)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
             # Model loading and scoring run in a worker thread: the event loop stays free.
-            ranked = await asyncio.to_thread(lambda: self.engine.rank(query, texts))
+            ranked = await asyncio.to_thread(lambda: self.engine.rank(query, texts, first_stage_scores=scores))
             new_nodes = self._select(nodes, ranked)
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
         return new_nodes
+
+    def _retrieval_scores(self, nodes: list[NodeWithScore]) -> list[float] | None:
+        """The retriever's scores, when fusion is on and every node has a finite one."""
+        if not self.use_retrieval_scores:
+            return None
+        values = [n.score for n in nodes]
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        return [float(v) for v in values] if ok else None
 
     def _start_event(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> None:
         top_n = len(nodes) if self.top_n is None else self.top_n
@@ -184,7 +200,7 @@ class CoReRerank(BaseNodePostprocessor):
             node = original.node
             if self.keep_retrieval_score:
                 node = node.model_copy(update={"metadata": {**node.metadata, "retrieval_score": original.score}})
-            out.append(NodeWithScore(node=node, score=result.normalized_score))
+            out.append(NodeWithScore(node=node, score=result.relevance_score))
         return out
 
 
