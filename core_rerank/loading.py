@@ -370,6 +370,12 @@ def wrap_model(model: Any, tokenizer: Any, source: ModelSource, shape: ModelShap
         raise InvalidInputError(f"cannot keep {num_layers} layers of a {shape.num_layers}-layer model")
     first = next(model.parameters())
     view = truncated_view(model.get_decoder(), num_layers, source.model_id)
+    if any(p.device.type == "meta" for p in view.parameters()):
+        raise UnsupportedModelError(
+            f"model {source.model_id!r} has offloaded weights (on the meta device, brought in for each forward pass "
+            "by accelerate): from_model needs the first layers' weights in memory. Load the model without CPU or "
+            "disk offload, or let core-rerank load it: Reranker(model=...)."
+        )
     return LoadedModel(
         view,
         copy.deepcopy(tokenizer),
@@ -390,9 +396,10 @@ def truncated_view(decoder: torch.nn.Module, num_layers: int, model_id: str = ""
     forward pass: its config and attention implementation, its train/eval mode and its hooks stay as they
     were, and it can generate on another thread while the view scores. The view has its own copy of the
     config, cut to ``num_layers`` layers and set to ``capture.ATTN_IMPLEMENTATION``; it is in eval mode; the
-    layers after ``num_layers`` and the LM head are not part of it. It reflects the model when it is made:
-    in-place changes to the weights are seen, structural ones (new modules, adapters, hooks) are not, and a
-    model moved to another device needs a new view.
+    layers after ``num_layers`` and the LM head are not part of it. Hooks the modules have when the view is
+    made run in the view too (accelerate's device hooks are re-bound to the view's modules). The view reflects
+    the model when it is made: in-place changes to the weights are seen, structural ones (new modules,
+    adapters, hooks) are not, and a model moved to another device needs a new view.
     """
     config = decoder.config
     layers = [

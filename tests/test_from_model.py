@@ -214,6 +214,32 @@ def test_a_4bit_model_is_used_as_loaded(tmp_path):
     assert rr.score(QUERY, DOCS) == pytest.approx(loaded.score(QUERY, DOCS), abs=SCORE_ATOL)
 
 
+def test_accelerate_hooks_run_on_the_view_and_offloaded_weights_are_refused(tmp_path):
+    from accelerate import cpu_offload
+    from accelerate.hooks import ModelHook, add_hook_to_module
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = save_tiny_model(tmp_path / "tiny-llama")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    heads = [(1, 0), (2, 3)]
+    want = Reranker.from_model(model, tok, heads=heads).score(QUERY, DOCS)
+    called = []
+
+    class Seen(ModelHook):  # what accelerate's device-placement hooks are: a wrapper around the module's forward
+        def pre_forward(self, module, *args, **kwargs):
+            called.append(module)
+            return args, kwargs
+
+    add_hook_to_module(model.model.layers[1], Seen())
+    rr = Reranker.from_model(model, tok, heads=heads)
+    assert rr.score(QUERY, DOCS) == want
+    assert called and all(m is rr.loaded_model.model.layers[1] for m in called)  # the view's layer, not the model's
+    cpu_offload(model, execution_device="cpu")  # weights on the meta device, brought in per forward
+    with pytest.raises(UnsupportedModelError, match="offloaded weights"):
+        Reranker.from_model(model, tok, heads=heads)
+
+
 def test_without_a_bundled_list_heads_must_be_given(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
