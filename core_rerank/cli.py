@@ -104,7 +104,7 @@ def rank(
         print(json.dumps(results.to_dicts(), indent=1, allow_nan=False))
         return
     table = Table(title=escape(repr(query)), caption=escape(repr(reranker)), expand=True)
-    for col in ("rank", "doc", "score", "norm"):
+    for col in ("rank", "doc", "score", "relevance", "norm"):
         table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     table.add_column("text", overflow="ellipsis", no_wrap=True, ratio=1)
     for r in results:
@@ -113,6 +113,7 @@ def rank(
             str(r.rank),
             str(r.index),
             f"{r.score:.4f}" if r.json_score is not None else "empty",
+            "-" if r.relevance is None else f"{r.relevance:.3f}",
             f"{r.normalized_score:.3f}",
             text + (" [dim](truncated)[/dim]" if r.truncated else ""),
         )
