@@ -5,13 +5,21 @@ Kept light (no torch, no transformers), so importing a wrapper stays cheap.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-__all__ = ["check_reranker", "deprecated_alias", "plain_setting", "renamed_setting", "settings_from_reranker"]
+__all__ = [
+    "check_reranker",
+    "deprecated_alias",
+    "finite_scores",
+    "plain_setting",
+    "renamed_setting",
+    "settings_from_reranker",
+]
 
 
 def plain_setting(name: str, value: Any) -> Any:
@@ -101,3 +109,10 @@ def _normal(name: str, value: Any) -> Any:
     if name == "heads" and isinstance(value, (list, tuple)):
         return [tuple(h) if isinstance(h, list) else h for h in value]
     return value
+
+
+def finite_scores(values: Sequence[Any]) -> list[float] | None:
+    """The retriever's scores a wrapper fuses: every value a finite number, else ``None`` (fusion off for
+    that call: one missing score must not fail the pipeline)."""
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    return [float(v) for v in values] if ok else None

@@ -11,7 +11,6 @@ your application already holds, pass ``reranker=Reranker.from_model(model, token
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,6 +24,7 @@ from core_rerank.registry import reranker_for
 from core_rerank.wrapper_fields import (
     check_reranker,
     deprecated_alias,
+    finite_scores,
     plain_setting,
     renamed_setting,
     settings_from_reranker,
@@ -154,9 +154,7 @@ class CoReRerank(BaseDocumentCompressor):
         """The retriever's scores under ``first_stage_score_key``, when every document has a finite number."""
         if self.first_stage_score_key is None:
             return None
-        values = [doc.metadata.get(self.first_stage_score_key) for doc in documents]
-        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
-        return [float(v) for v in values] if ok else None
+        return finite_scores([doc.metadata.get(self.first_stage_score_key) for doc in documents])
 
     def _select(self, documents: Sequence[Document], ranked: RankedResults) -> list[Document]:
         out: list[Document] = []

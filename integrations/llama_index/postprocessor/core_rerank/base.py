@@ -11,7 +11,6 @@ your application already holds, pass ``reranker=Reranker.from_model(model, token
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import TYPE_CHECKING, Any, Literal
 
 from llama_index.core.bridge.pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -27,6 +26,7 @@ from core_rerank.registry import reranker_for
 from core_rerank.wrapper_fields import (
     check_reranker,
     deprecated_alias,
+    finite_scores,
     plain_setting,
     renamed_setting,
     settings_from_reranker,
@@ -177,9 +177,7 @@ class CoReRerank(BaseNodePostprocessor):
         """The retriever's scores, when fusion is on and every node has a finite one."""
         if not self.use_retrieval_scores:
             return None
-        values = [n.score for n in nodes]
-        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
-        return [float(v) for v in values] if ok else None
+        return finite_scores([n.score for n in nodes])
 
     def _start_event(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> None:
         top_n = len(nodes) if self.top_n is None else self.top_n
