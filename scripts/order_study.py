@@ -98,21 +98,24 @@ def collect(args) -> None:
     from core_rerank.research.evaluation import DenseScorer, evaluation_reranker
 
     suffix = "" if args.shard is None else f"-{args.shard}"
-    out_path = args.work / f"{args.part}{suffix}.pkl"
+    work = model_work(args)
+    out_path = work / f"{args.part}{suffix}.pkl"
     store = pickle.loads(out_path.read_bytes()) if out_path.is_file() else {}
-    rr = evaluation_reranker("default", order="given", max_doc_tokens=MAX_DOC_TOKENS)
+    # The default model: every head (ICR and QR are scored from the same passes). Other models: their bundled
+    # CoRe heads only, so the pass stops at the deepest selected layer (a 1.5B model in minutes, not hours).
+    heads = "all" if args.model == "default" else None
+    rr = evaluation_reranker(args.model, heads=heads, order="given", max_doc_tokens=MAX_DOC_TOKENS)
     dense = DenseScorer()
     from core_rerank.heads import find_bundled_head_list
     from core_rerank.research.datasets import first_stage
     from core_rerank.scoring import document_scores
 
     row = {h: i for i, h in enumerate(rr.head_list.heads)}
-    set_rows = {"icr": list(range(len(row)))}
-    for method in ("core", "qr"):
+    set_rows = {"icr": list(range(len(row)))} if heads == "all" else {}
+    for method in ("core", "qr") if heads == "all" else ("core",):
         set_rows[method] = [row[h] for h in find_bundled_head_list(rr.model_id, method).heads]
 
     todo = parts(args.part, args.per_set, args.shard)
-    total = sum(len(q) for _, q, _ in todo)
     done = 0
     t0 = time.perf_counter()
     firsts = {ds.name: first_stage(ds)[0] for ds, _, _ in todo}
@@ -120,6 +123,9 @@ def collect(args) -> None:
     # covers every set.
     jobs = [(k, ds, qid, pools) for ds, qids, pools in todo for k, qid in enumerate(qids)]
     jobs.sort(key=lambda j: j[0])
+    if args.shard is not None and args.part != "test":  # test shards by data set (in parts()), others by query
+        jobs = jobs[args.shard :: 2]
+    total = len(jobs)
     for _, ds, qid, pools in jobs:
         cands = firsts[ds.name]
         done += 1
@@ -173,7 +179,14 @@ def collect(args) -> None:
             rate = (time.perf_counter() - t0) / max(1, done)
             log(f"{args.part}: {done}/{total} queries ({rate:.1f} s/query incl. skipped)")
     out_path.write_bytes(pickle.dumps(store))
-    (args.work / "heads.pkl").write_bytes(pickle.dumps(list(rr.head_list.heads)))
+    (work / "heads.pkl").write_bytes(pickle.dumps(list(rr.head_list.heads)))
+
+
+def model_work(args) -> Path:
+    """Where a model's collected passes go: WORK itself for the default model, WORK/<model> for others."""
+    work = args.work if args.model == "default" else args.work / args.model.replace("/", "__")
+    work.mkdir(parents=True, exist_ok=True)
+    return work
 
 
 def main() -> None:
@@ -183,8 +196,9 @@ def main() -> None:
     p.add_argument("--per-set", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write-calibration", action="store_true", help="analyze: store the fit in the bundled list")
-    p.add_argument("--shard", type=int, choices=[0, 1], help="test part: every other test set, for 2 processes")
+    p.add_argument("--shard", type=int, choices=[0, 1], help="half the work, for 2 processes")
     p.add_argument("--work", type=Path, default=Path("/work/study"))
+    p.add_argument("--model", default="default", help="collect: a packaged model name or id (CoRe heads only)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.stage == "collect":

@@ -424,7 +424,52 @@ def render_report() -> str:
         )
     doc = ROOT / "docs" / "quality.md"
     findings = findings_section(doc.read_text()) if doc.is_file() else None
-    return render_quality_report(models, timing_queries=TIMING_QUERIES, findings=findings)
+    return render_quality_report(
+        models, timing_queries=TIMING_QUERIES, findings=findings, behind_retriever=_behind_retriever()
+    )
+
+
+def _behind_retriever() -> str | None:
+    """The issue-10 pipeline study (scripts/order_study.py) as a section of this page, from its JSON."""
+    study = _read(RESULTS / "order_study.json")
+    if study is None:
+        return None
+    if str(Path(__file__).parent) not in sys.path:  # loaded by path (tests), not run as a script
+        sys.path.insert(0, str(Path(__file__).parent))
+    from study_analysis import render_models, render_targets
+
+    test = study["parts"]["test"]
+    rows = [
+        ("first-stage order", "first_stage"),
+        ("re-ranked (first-stage order in)", "core"),
+        ("re-ranked + the retriever's scores (fused)", "core + first-stage scores"),
+        ("shuffled input (the attention alone)", "core@shuffled"),
+    ]
+    lines = [
+        "## Behind the retriever (the pipelines users run)",
+        "",
+        "Full protocol, variants and calibration: [retriever_study.md](retriever_study.md) (`scripts/order_study.py`).",
+        "Default model, test (" + study["counts"]["test"] + "): documents passed best first from BM25 or from",
+        "all-MiniLM-L6-v2 over the same top-100 pool; nDCG@10 (paired difference to the first-stage order ± s.e.).",
+        "",
+        "| ranking | behind BM25 | behind dense |",
+        "|---|---:|---:|",
+    ]
+    for label, key in rows:
+        cells = []
+        for pool in ("bm25", "dense"):
+            r = test[pool].get(key)
+            cells.append(
+                "-"
+                if r is None
+                else f"{r['ndcg']:.3f}"
+                + ("" if key == "first_stage" else f" ({r['vs_first_stage']:+.3f} ± {r['se']:.3f})")
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in render_targets(study)]
+    lines += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in render_models(study)]
+    return "\n".join(lines)
 
 
 def stage_report(args) -> None:

@@ -245,9 +245,11 @@ def analyze(args) -> None:
                 common = [k for k in got if k in base]
                 d = [got[k] - base[k] for k in common]
                 mu, se = mean_se(d) if d else (float("nan"), float("nan"))
-                by_ds = {}
-                for (ds, _, _), v in got.items():
-                    by_ds.setdefault(ds, []).append(v)
+                by_ds, diff_ds = {}, {}
+                for key, v in got.items():
+                    by_ds.setdefault(key[0], []).append(v)
+                    if key in base:
+                        diff_ds.setdefault(key[0], []).append(v - base[key])
                 rows[name] = {
                     "ndcg": round(statistics.fmean(got.values()), 4),
                     "vs_first_stage": round(mu, 4),
@@ -255,6 +257,7 @@ def analyze(args) -> None:
                     "queries": len(got),
                     "passes": passes,
                     "by_dataset": {k: round(statistics.fmean(v), 4) for k, v in by_ds.items()},
+                    "by_dataset_vs_first_stage": {k: _mean_se_round(v) for k, v in sorted(diff_ds.items())},
                 }
             res[pool] = rows
             print(f"\n== {part} / {pool} ({len(pq)} queries)")
@@ -318,6 +321,7 @@ def analyze(args) -> None:
             by[ds] = by.get(ds, 0) + 1
         counts[part] = ", ".join(f"{ds} {n} q" for ds, n in sorted(by.items())) or "none"
     report["counts"] = counts
+    report["models"] = compare_models(work, test, ms, one)
     out = RESULTS / "order_study.json"
     out.write_text(json.dumps(report, indent=1, default=float) + "\n")
     print("wrote", out)
@@ -333,22 +337,134 @@ def analyze(args) -> None:
         write_calibration(report, counts)
 
 
+# Other packaged models, collected with `collect --model NAME` into WORK/<name>/ (their CoRe heads only).
+MODEL_METHODS = ("first_stage", "core", "core + first-stage scores", "core@shuffled")
+TIMING_FILES = {"qwen2.5-coder-1.5b-instruct": "qwen15", "qwen2.5-coder-0.5b-instruct": "qwen", "gemma-3-270m": "gemma"}
+
+
+def compare_models(work: Path, default_test: list[Q], default_ms: dict, default_w: float) -> dict:
+    """Per other model: the key methods on its test queries (fusion weight chosen on ITS dev queries when
+    collected, else the default's), each paired with the first-stage order and with the default model's same
+    method on the same queries."""
+    out = {}
+    default_by = {name: evaluate(default_test, default_ms[name][0]) for name in MODEL_METHODS}
+    default_by["core + first-stage scores"] = evaluate(default_test, fused(default_ms["core"][0], default_w))
+    grid = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
+    for sub in sorted(p for p in work.iterdir() if p.is_dir() and any(p.glob("test*.pkl"))):
+        test, dev, train = (queries(load(sub, part)) for part in ("test", "dev", "train"))
+        att = lambda q: q.sets("fs", "core")
+        w, dev_grid = default_w, None
+        if dev:
+            dev_grid = {str(x): round(statistics.fmean(evaluate(dev, fused(att, x)).values()), 4) for x in grid}
+            w = float(max(grid, key=lambda x: dev_grid[str(x)]))
+        ms = {
+            "first_stage": lambda q: q.fs_rank,
+            "core": att,
+            "core + first-stage scores": fused(att, w),
+            "core@shuffled": lambda q: q.sets("shuf", "core"),
+        }
+        rows: dict = {}
+        for pool in ("bm25", "dense"):
+            pq = [q for q in test if q.pool == pool]
+            base = evaluate(pq, ms["first_stage"])
+            for name, m in ms.items():
+                got = evaluate(pq, m)
+                if not got:
+                    continue
+                d = [got[k] - base[k] for k in got if k in base]
+                mu, se = mean_se(d)
+                common = [k for k in got if k in default_by[name]]
+                dd = [got[k] - default_by[name][k] for k in common]
+                mu_d, se_d = mean_se(dd) if len(dd) > 1 else (float("nan"), float("nan"))
+                by_ds: dict = {}
+                diff_ds: dict = {}
+                for key, v in got.items():
+                    by_ds.setdefault(key[0], []).append(v)
+                    diff_ds.setdefault(key[0], []).append(v - base[key])
+                rows.setdefault(pool, {})[name] = {
+                    "ndcg": round(statistics.fmean(got.values()), 4),
+                    "vs_first_stage": round(mu, 4),
+                    "se": round(se, 4),
+                    "queries": len(got),
+                    "vs_default": round(mu_d, 4),
+                    "vs_default_se": round(se_d, 4),
+                    "common_queries": len(common),
+                    "by_dataset": {k: round(statistics.fmean(v), 4) for k, v in sorted(by_ds.items())},
+                    "by_dataset_vs_first_stage": {k: _mean_se_round(v) for k, v in sorted(diff_ds.items())},
+                }
+        timing = _read_json(RESULTS / f"quality_test_{TIMING_FILES.get(sub.name, sub.name)}.json")
+        calibration = None
+        if train:
+            x, y = calibration_data(train, features)
+            a, b = fit_logistic(x, y)
+            calibration = {"a": a, "b": b, "train_docs": len(x), "train_queries": len(train)}
+            for part, qs in (("train", train), ("dev", dev), ("test", test)):
+                xp, yp = calibration_data(qs, features)
+                if len(xp):
+                    p = 1 / (1 + np.exp(-np.clip(a * xp + b, -40, 40)))
+                    calibration[part] = reliability(p.tolist(), yp.astype(int).tolist()).to_dict()
+        out[sub.name] = {
+            "fusion_weight": w,
+            "fusion_dev_grid": dev_grid,
+            "calibration": calibration,
+            "counts": {part: _count(qs) for part, qs in (("train", train), ("dev", dev), ("test", test))},
+            "dev_queries": len(dev),
+            "seconds_per_query": (timing or {}).get("timing", {}).get("core", {}).get("seconds_per_query"),
+            "pools": rows,
+        }
+        print(f"\n== model {sub.name} (fusion weight {w}, dev grid {dev_grid})")
+        for pool, r in rows.items():
+            for name, v in r.items():
+                print(
+                    f"  {pool:5s} {name:28s} {v['ndcg']:.4f} {v['vs_first_stage']:+.4f} ({v['se']:.4f}) "
+                    f"vs default {v['vs_default']:+.4f} ({v['vs_default_se']:.4f}) n={v['queries']}"
+                )
+    return out
+
+
+def _count(qs: list[Q]) -> str:
+    by: dict = {}
+    for q in qs:
+        by.setdefault(q.ds, set()).add(q.qid)
+    return ", ".join(f"{ds} {len(v)} q" for ds, v in sorted(by.items())) or "none"
+
+
+def _mean_se_round(v: list[float]) -> list[float]:
+    mu, se = mean_se(v)
+    return [round(mu, 4), round(se, 4) if se == se else None]
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def write_calibration(report: dict, counts: dict) -> None:
-    """Store the train-fitted relevance map and the dev-chosen fusion weight in the bundled default list."""
-    from dataclasses import replace
-
-    from core_rerank.heads import find_bundled_head_list
-
-    core = find_bundled_head_list("HuggingFaceTB/SmolLM2-135M-Instruct", "core")
+    """Store the train-fitted relevance map and the dev-chosen fusion weight in the bundled CoRe list of the
+    default model and of every other collected model that has training data."""
     cal = report["calibration"]
     grid = report["fusion_dev_grid"]
     weights = list(next(iter(grid.values())))
     weight = max(weights, key=lambda w: sum(grid[p][w] for p in grid) / len(grid))
+    _store_calibration("HuggingFaceTB/SmolLM2-135M-Instruct", cal, float(weight), counts["train"], counts["dev"])
+    for name, m in report.get("models", {}).items():
+        if m.get("calibration"):
+            from core_rerank.sources import resolve_source
+
+            model_id = resolve_source(name).model_id
+            _store_calibration(model_id, m["calibration"], m["fusion_weight"], m["counts"]["train"], m["counts"]["dev"])
+
+
+def _store_calibration(model_id: str, cal: dict, weight: float, train: str, dev: str) -> None:
+    from dataclasses import replace
+
+    from core_rerank.heads import find_bundled_head_list
+
+    core = find_bundled_head_list(model_id, "core")
     calibration = {
         "relevance": {
             "a": round(cal["a"], 6),
             "b": round(cal["b"], 6),
-            "fitted_on": f"train: {counts['train']}; BM25 and dense top 20, first-stage order in; max_doc_tokens 200",
+            "fitted_on": f"train: {train}; BM25 and dense top 20, first-stage order in; max_doc_tokens 200",
             "documents": cal["train"]["documents"],
             "relevant": cal["train"]["relevant"],
             "ece_dev": cal.get("dev", {}).get("ece"),
@@ -356,9 +472,9 @@ def write_calibration(report: dict, counts: dict) -> None:
             "note": "calibrated for lists with few relevant documents (SciFact / WikiQA-like); under-confident "
             "where many candidates are relevant (docs/retriever_study.md)",
         },
-        "fusion": {"weight": float(weight), "chosen_on": f"dev: {counts['dev']} (mean over BM25 and dense)"},
+        "fusion": {"weight": weight, "chosen_on": f"dev: {dev} (mean over BM25 and dense)"},
     }
-    path = ROOT / "core_rerank" / "head_lists" / "HuggingFaceTB__SmolLM2-135M-Instruct.core.json"
+    path = ROOT / "core_rerank" / "head_lists" / (model_id.replace("/", "__") + ".core.json")
     replace(core, calibration=calibration).save(path)
     print("wrote", path, calibration)
 
@@ -407,11 +523,116 @@ def _beats(r: dict) -> bool:
     return r["vs_first_stage"] > 2 * r["se"]
 
 
+def target_cells(t: dict) -> list[tuple[str, str]]:
+    """The issue's first four targets for one model's test rows (pool -> method -> row): (target, cell)."""
+
+    def diff(pool: str, m: str) -> str:
+        r = t[pool][m]
+        return f"{r['vs_first_stage']:+.3f} ± {r['se']:.3f}"
+
+    fused = "core + first-stage scores"
+    sets = t["bm25"][fused].get("by_dataset_vs_first_stage", {})
+    below = [ds for ds, (mu, se) in sets.items() if se is not None and mu < -se]
+    worst = min(sets.items(), key=lambda kv: kv[1][0]) if sets else ("-", (float("nan"), None))
+    ok = {
+        "dense": _beats(t["dense"][fused]),
+        "bm25": t["bm25"][fused]["vs_first_stage"] >= 0.03,
+        "sets": bool(sets) and not below,
+        "shuf": _shuffled_ok(t),
+    }
+    yes = {True: "**met**", False: "not met"}
+    return [
+        (
+            "behind dense: re-ranked > dense order by > 2 s.e.",
+            f"alone {diff('dense', 'core')}; fused {diff('dense', fused)}: {yes[ok['dense']]}",
+        ),
+        (
+            "behind BM25: >= +0.03 over the BM25 order",
+            f"alone {diff('bm25', 'core')}; fused {diff('bm25', fused)}: {yes[ok['bm25']]}",
+        ),
+        (
+            "behind BM25: no set below BM25 by more than its s.e.",
+            f"fused below on {len(below)} of {len(sets)} sets ({', '.join(below) or 'none'}; lowest: "
+            f"{worst[0]} {worst[1][0]:+.3f} ± {worst[1][1] or 0:.3f}): {yes[ok['sets']]}",
+        ),
+        (
+            "shuffled input >= the BM25 order",
+            f"{t['bm25']['core@shuffled']['ndcg']:.3f} vs {t['bm25']['first_stage']['ndcg']:.3f}: {yes[ok['shuf']]}",
+        ),
+    ]
+
+
 def _cell(r: dict | None) -> str:
     if r is None:
         return "-"
     se = r["se"]
     return f"{r['ndcg']:.3f} ({r['vs_first_stage']:+.3f} ± {se:.3f})" if se == se else f"{r['ndcg']:.3f}"
+
+
+def render_targets(report: dict) -> list[str]:
+    """The issue's targets table: the default model and every other collected model, met or not."""
+    t = report["parts"].get("test")
+    if not t:
+        return []
+    lines: list[str] = []
+    models = {"SmolLM2-135M (default)": t, **{k: v["pools"] for k, v in report.get("models", {}).items()}}
+    cells = {name: target_cells(pools) for name, pools in models.items()}
+    targets = next(iter(cells.values()))
+    lines += [
+        "## The issue's targets (test; each cell: what was measured, then met or not)",
+        "",
+        "Fused = `rank(first_stage_scores=...)` with the model's fusion weight (default model: the bundled",
+        "list's 0.75; other models: chosen on their own dev queries). Paired differences to the first-stage",
+        "order ± standard error; a set counts as below BM25 when its mean difference is below minus its s.e.",
+        "",
+        "| target | " + " | ".join(models) + " |",
+        "|---|" + "---|" * len(models),
+    ]
+    for i, (target, _) in enumerate(targets):
+        lines.append(f"| {target} | " + " | ".join(cells[name][i][1] for name in models) + " |")
+    lines += [
+        "",
+        "| target (default model) | measured | met? |",
+        "|---|---|---|",
+        f"| CoRe >= ICR and QR (same settings) | BM25 order in: {t['bm25']['core']['ndcg']:.3f} / "
+        f"{t['bm25']['icr']['ndcg']:.3f} / {t['bm25']['qr']['ndcg']:.3f}; dense in: "
+        f"{t['dense']['core']['ndcg']:.3f} / {t['dense']['icr']['ndcg']:.3f} / "
+        f"{t['dense']['qr']['ndcg']:.3f}; shuffled: "
+        f"{t['bm25']['core@shuffled']['ndcg']:.3f} / {t['bm25']['icr@shuffled']['ndcg']:.3f} / "
+        f"{t['bm25']['qr@shuffled']['ndcg']:.3f} | {_core_vs(t)} |",
+        "",
+    ]
+    return lines
+
+
+def render_models(report: dict) -> list[str]:
+    """The larger packaged models under the same protocol, each method paired with the default's."""
+    models = report.get("models") or {}
+    if not models:
+        return []
+    lines = [
+        "## Larger packaged models, same protocol (test)",
+        "",
+        "Each model's bundled CoRe list (`collect --model NAME`: the pass stops at the list's deepest layer), the",
+        "same queries as the default where collected. Cells: nDCG@10; `vs first stage` and `vs default` are paired",
+        "differences ± s.e. (`vs default` over the queries both models ran). s/query = `Reranker.rank` on 20",
+        "candidates of 200 tokens, bf16, 2 CPU threads (docs/quality.md).",
+        "",
+        "| model | s/query | fusion w (dev) | pool | method | queries | nDCG@10 | vs first stage | vs default |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for name, m in models.items():
+        secs = "-" if m["seconds_per_query"] is None else f"{m['seconds_per_query']:.2f}"
+        for pool, rows in m["pools"].items():
+            for method, r in rows.items():
+                vs_fs = "" if method == "first_stage" else f"{r['vs_first_stage']:+.3f} ± {r['se']:.3f}"
+                vs_d = "" if method == "first_stage" else f"{r['vs_default']:+.3f} ± {r['vs_default_se']:.3f}"
+                lines.append(
+                    f"| {name} | {secs} | {m['fusion_weight']} | {pool} | {method} | {r['queries']} | "
+                    f"{r['ndcg']:.3f} | {vs_fs} | {vs_d} |"
+                )
+    lines.append("")
+    return lines
 
 
 def render(report: dict, counts: dict) -> str:
@@ -463,40 +684,8 @@ def render(report: dict, counts: dict) -> str:
                     cells = " | ".join(f"{r['by_dataset'].get(s, float('nan')):.3f}" for s in sets)
                     lines.append(f"| {pool} | {m} | {cells} |")
             lines.append("")
-    t = report["parts"].get("test")
-    if t:
-
-        def diff(pool: str, m: str) -> str:
-            r = t[pool][m]
-            return f"{r['vs_first_stage']:+.3f} (s.e. {r['se']:.3f})"
-
-        fused, core = "core + first-stage scores", "core"
-        below = [
-            ds for ds, v in t["bm25"][fused]["by_dataset"].items() if v < t["bm25"]["first_stage"]["by_dataset"][ds]
-        ]
-        lines += [
-            "## The issue's targets (test, default model and configuration)",
-            "",
-            "| target | measured | met? |",
-            "|---|---|---|",
-            f"| behind dense: re-ranked > dense order by > 2 s.e. | attention alone {diff('dense', core)}; fused "
-            f"{diff('dense', fused)} | {'yes' if _beats(t['dense'][fused]) else 'no'} |",
-            f"| behind BM25: >= +0.03 over the BM25 order | attention alone {diff('bm25', core)}; fused "
-            f"{diff('bm25', fused)} | {'yes' if t['bm25'][fused]['vs_first_stage'] >= 0.03 else 'no'} |",
-            f"| behind BM25: no set below BM25 by more than its s.e. | fused below BM25 on {len(below)} of "
-            f"{len(t['bm25'][fused]['by_dataset'])} sets ({', '.join(below) or 'none'}); per-set samples too small "
-            "for a per-set s.e. | not shown |",
-            f"| shuffled input >= the BM25 order | {t['bm25']['core@shuffled']['ndcg']:.3f} vs "
-            f"{t['bm25']['first_stage']['ndcg']:.3f} | "
-            f"{'yes' if _shuffled_ok(t) else 'no'} |",
-            f"| CoRe >= ICR and QR (same settings) | BM25 order in: {t['bm25']['core']['ndcg']:.3f} / "
-            f"{t['bm25']['icr']['ndcg']:.3f} / {t['bm25']['qr']['ndcg']:.3f}; dense in: "
-            f"{t['dense']['core']['ndcg']:.3f} / {t['dense']['icr']['ndcg']:.3f} / "
-            f"{t['dense']['qr']['ndcg']:.3f}; shuffled: "
-            f"{t['bm25']['core@shuffled']['ndcg']:.3f} / {t['bm25']['icr@shuffled']['ndcg']:.3f} / "
-            f"{t['bm25']['qr@shuffled']['ndcg']:.3f} | {_core_vs(t)} |",
-            "",
-        ]
+    lines += render_targets(report)
+    lines += render_models(report)
     cal = report.get("calibration", {})
     if cal:
         lines += [

@@ -235,3 +235,12 @@ class _InProcessPool:
 
     def map(self, fn, items):
         return map(fn, items)
+
+
+def test_behind_retriever_section_follows_the_overview():
+    study = "## Behind the retriever\n\n| ranking | behind BM25 |\n|---|---:|\n| first-stage order | 0.500 |\n"
+    page = render_quality_report(_models(), timing_queries=3, behind_retriever=study).split("\n")
+    at = page.index("## Behind the retriever")
+    assert page.index("## All models") < at < page.index("## Alpha")
+    assert "| first-stage order | 0.500 |" in _section(page, "## Behind the retriever")
+    assert "## Behind the retriever" not in render_quality_report(_models(), timing_queries=3)

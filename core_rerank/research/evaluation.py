@@ -232,16 +232,18 @@ def _back(scores: Sequence[float], order: Sequence[int]) -> list[float]:
 def evaluation_reranker(
     model: str = "default",
     *,
+    heads: str | None = "all",
     order: Literal["reverse", "given"] = "reverse",
     max_doc_tokens: int = 200,
     dtype: Any = None,
     device: str | None = None,
     local_files_only: bool | None = None,
 ) -> Reranker:
-    """The reranker an evaluation scores with: every head of ``model`` (any head set is scored from its
-    passes), dense weights, the evaluation's ``order`` and ``max_doc_tokens`` as its own settings,
-    ``max_tokens`` = the model's context length (a depth-20 candidate list is one prompt) and no document
-    limit. Rerankers with the same model settings share one loaded model, so this is cheap next to another."""
+    """The reranker an evaluation scores with: every head of ``model`` by default (any head set is scored from
+    its passes; ``heads=None`` = the bundled CoRe list, whose pass stops at its deepest layer: for slow models),
+    dense weights, the evaluation's ``order`` and ``max_doc_tokens`` as its own settings, ``max_tokens`` = the
+    model's context length (a depth-20 candidate list is one prompt) and no document limit. Rerankers with the
+    same model settings share one loaded model, so this is cheap next to another."""
     from ..loading import read_shape
     from ..reranker import Reranker
     from ..sources import resolve_source
@@ -249,7 +251,7 @@ def evaluation_reranker(
     shape, _ = read_shape(resolve_source(model, None), local_files_only)
     return Reranker(
         model,
-        heads="all",
+        heads=heads,
         quantization=None,
         dtype=dtype,
         device=device,

@@ -64,9 +64,13 @@ def render_quality_report(
     *,
     timing_queries: int,
     findings: str | None = None,
+    behind_retriever: str | None = None,
 ) -> str:
     """The Markdown of docs/quality.md for ``models`` (in order; the first with results is the baseline of
-    the overview). Depth and document length come from the results' settings and must agree."""
+    the overview). Depth and document length come from the results' settings and must agree.
+    ``behind_retriever``: the pipeline study's sections (first-stage order in, fusion, shuffled input, the
+    issue's targets per model), placed right after the overview because it is what a user adding a re-ranker
+    behind a retriever gets."""
     done = [m for m in models if m.dev is not None and m.test is not None]
     missing = [m for m in models if m.dev is None or m.test is None]
     depth, max_doc_tokens = _settings(done)
@@ -96,6 +100,8 @@ def render_quality_report(
         lines += [f"Not in this report: {'; '.join(why)}.", ""]
     if len(done) > 1:
         lines += _overview(done)
+    if behind_retriever:
+        lines += [behind_retriever.rstrip(), ""]
     for m in done:
         lines += _model_section(m, max_doc_tokens, timing_queries)
     if findings:
