@@ -16,6 +16,10 @@ from rich.table import Table
 from .errors import CoreRerankError
 from .inputs import DEFAULT_MAX_DOCUMENTS
 
+MODEL_HELP = (
+    "'default' (fast, embedded) or 'quality' (Qwen2.5-Coder-1.5B, packaged), another packaged model's name, "
+    "a Hugging Face id or directory, or a .gguf file."
+)
 app = typer.Typer(help="Re-rank documents with the attention heads of a decoder LLM.", no_args_is_help=True)
 console = Console()
 
@@ -73,7 +77,7 @@ def main() -> None:
 def rank(
     query: Annotated[str, typer.Option("--query", "-q", help="The query to rank the documents for.")],
     docs: Annotated[Path, typer.Option("--docs", "-d", help="JSONL file: {'text', 'title'?} per line, or .txt lines.")],
-    model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "default",
     heads: Annotated[str | None, typer.Option(help="Head list: JSON path or 'all'. Default: bundled.")] = None,
     top_n: Annotated[int | None, typer.Option("--top-n", "-n", min=1, help="Show only the best N.")] = None,
     quantization: Annotated[
@@ -137,7 +141,7 @@ def detect_heads(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Head-list JSON to write.")],
     split: Annotated[str, typer.Option(help="Split of every --data DIR given without :SPLIT.")] = "train",
-    model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "default",
     method: Annotated[str, typer.Option(help="'core' (contrastive SCoRe) or 'qr' (mass on the positive).")] = "core",
     k: Annotated[int, typer.Option(min=1, help="Number of heads to keep.")] = 8,
     tau: Annotated[float, typer.Option(help="SCoRe temperature (core only).")] = 0.1,
@@ -199,7 +203,7 @@ def calibrate(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Head-list JSON to write (the list + its relevance map).")],
     split: Annotated[str, typer.Option(help="Split of every --data DIR given without :SPLIT.")] = "train",
-    model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "default",
     heads: Annotated[
         str | None, typer.Option(help="Head list to calibrate (path or 'all'). Default: the model's bundled list.")
     ] = None,
@@ -282,7 +286,7 @@ def evaluate(
             "--heads", help="NAME=PATH of a head list (or NAME=all), repeatable; icr and the bundled list always run."
         ),
     ] = None,
-    model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "default",
     depth: Annotated[
         int | None, typer.Option(min=1, help="Re-rank this many first-stage candidates.  [default: 20]")
     ] = None,

@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from .errors import PackagedModelIntegrityError
 
-__all__ = ["PACKAGED_MODELS", "PackagedModel", "find_packaged"]
+__all__ = ["PACKAGED_MODELS", "PRESETS", "PackagedModel", "find_packaged"]
 
 
 @dataclass(frozen=True)
@@ -173,9 +173,13 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
     )
 }
 DEFAULT = "smollm2-135m-instruct"
+# Names for a trade-off rather than a model: "default" (fast, embedded, ~1.5 s per 20-document query on 2 CPU
+# cores) and "quality" (the packaged model that re-ranks best in docs/quality.md, ~4x slower).
+PRESETS: dict[str, str] = {"default": DEFAULT, "fast": DEFAULT, "quality": "qwen2.5-coder-1.5b-instruct"}
 
 
 def find_packaged(name: str) -> PackagedModel | None:
-    """The packaged model called ``name`` (case-insensitive; ``"default"`` is SmolLM2-135M-Instruct)."""
+    """The packaged model called ``name`` or named by a preset (case-insensitive): ``"default"`` / ``"fast"`` is
+    SmolLM2-135M-Instruct, ``"quality"`` Qwen2.5-Coder-1.5B-Instruct."""
     key = name.strip().lower()
-    return PACKAGED_MODELS.get(DEFAULT if key == "default" else key)
+    return PACKAGED_MODELS.get(PRESETS.get(key, key))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import DependencyMissingError, ModelNotFoundError
-from .packaged import DEFAULT, PACKAGED_MODELS, PackagedModel, find_packaged
+from .packaged import DEFAULT, PACKAGED_MODELS, PRESETS, PackagedModel, find_packaged
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,14 @@ def resolve_source(model: str | os.PathLike | None, revision: str | None = None)
 def _packaged_source(packaged: PackagedModel, asked: str) -> ModelSource:
     found = packaged.locate(cache_dir())
     if found is None:
-        what = "the embedded default model" if asked.strip().lower() == "default" else "the packaged model"
+        preset = asked.strip().lower()
+        what = (
+            "the embedded default model"
+            if preset == "default"
+            else f"the {preset!r} preset,"
+            if preset in PRESETS
+            else "the packaged model"
+        )
         raise ModelNotFoundError(
             f"{what} {packaged.name} ({packaged.model_id}) is not installed. Install it with:\n    {packaged.install}"
             + (

