@@ -338,13 +338,14 @@ def analyze(args) -> None:
 
 
 # Other packaged models, collected with `collect --model NAME` into WORK/<name>/ (their CoRe heads only).
+MIN_DEV = 20  # (query, first stage) pairs on dev before a model gets its own fusion weight
 MODEL_METHODS = ("first_stage", "core", "core + first-stage scores", "core@shuffled")
 TIMING_FILES = {"qwen2.5-coder-1.5b-instruct": "qwen15", "qwen2.5-coder-0.5b-instruct": "qwen", "gemma-3-270m": "gemma"}
 
 
 def compare_models(work: Path, default_test: list[Q], default_ms: dict, default_w: float) -> dict:
     """Per other model: the key methods on its test queries (fusion weight chosen on ITS dev queries when
-    collected, else the default's), each paired with the first-stage order and with the default model's same
+    enough were collected, else the default's), each paired with the first-stage order and with the default model's same
     method on the same queries."""
     out = {}
     default_by = {name: evaluate(default_test, default_ms[name][0]) for name in MODEL_METHODS}
@@ -354,7 +355,7 @@ def compare_models(work: Path, default_test: list[Q], default_ms: dict, default_
         test, dev, train = (queries(load(sub, part)) for part in ("test", "dev", "train"))
         att = lambda q: q.sets("fs", "core")
         w, dev_grid = default_w, None
-        if dev:
+        if len(dev) >= MIN_DEV:  # else the default model's weight: a weight chosen on a handful is noise
             dev_grid = {str(x): round(statistics.fmean(evaluate(dev, fused(att, x)).values()), 4) for x in grid}
             w = float(max(grid, key=lambda x: dev_grid[str(x)]))
         ms = {
@@ -394,6 +395,15 @@ def compare_models(work: Path, default_test: list[Q], default_ms: dict, default_
                 }
         timing = _read_json(RESULTS / f"quality_test_{TIMING_FILES.get(sub.name, sub.name)}.json")
         calibration = None
+        bundled = _bundled_relevance(sub.name)
+        if bundled is not None and not train:  # fitted by `core-rerank calibrate` (one pass per training query)
+            a, b = bundled["a"], bundled["b"]
+            calibration = {"a": a, "b": b, "fitted_on": bundled.get("fitted_on"), "source": "bundled head list"}
+            for part, qs in (("dev", dev), ("test", test)):
+                xp, yp = calibration_data(qs, features)
+                if len(xp):
+                    p = 1 / (1 + np.exp(-np.clip(a * xp + b, -40, 40)))
+                    calibration[part] = reliability(p.tolist(), yp.astype(int).tolist()).to_dict()
         if train:
             x, y = calibration_data(train, features)
             a, b = fit_logistic(x, y)
@@ -422,6 +432,15 @@ def compare_models(work: Path, default_test: list[Q], default_ms: dict, default_
     return out
 
 
+def _bundled_relevance(name: str) -> dict | None:
+    from core_rerank.heads import find_bundled_head_list
+    from core_rerank.packaged import find_packaged
+
+    packaged = find_packaged(name)
+    core = find_bundled_head_list(packaged.model_id if packaged else name, "core")
+    return (core.calibration or {}).get("relevance") if core is not None else None
+
+
 def _count(qs: list[Q]) -> str:
     by: dict = {}
     for q in qs:
@@ -447,7 +466,7 @@ def write_calibration(report: dict, counts: dict) -> None:
     weight = max(weights, key=lambda w: sum(grid[p][w] for p in grid) / len(grid))
     _store_calibration("HuggingFaceTB/SmolLM2-135M-Instruct", cal, float(weight), counts["train"], counts["dev"])
     for name, m in report.get("models", {}).items():
-        if m.get("calibration"):
+        if m.get("calibration") and m["calibration"].get("source") != "bundled head list":
             from core_rerank.sources import resolve_source
 
             model_id = resolve_source(name).model_id
@@ -582,7 +601,8 @@ def render_targets(report: dict) -> list[str]:
         "## The issue's targets (test; each cell: what was measured, then met or not)",
         "",
         "Fused = `rank(first_stage_scores=...)` with the model's fusion weight (default model: the bundled",
-        "list's 0.75; other models: chosen on their own dev queries). Paired differences to the first-stage",
+        "list's; other models: their own dev choice where collected, else the default's; see the models table).",
+        "Paired differences to the first-stage",
         "order ± standard error; a set counts as below BM25 when its mean difference is below minus its s.e.",
         "",
         "| target | " + " | ".join(models) + " |",
@@ -632,6 +652,20 @@ def render_models(report: dict) -> list[str]:
                     f"{r['ndcg']:.3f} | {vs_fs} | {vs_d} |"
                 )
     lines.append("")
+    for name, m in models.items():
+        cal = m.get("calibration")
+        if not cal or "test" not in cal:
+            lines += [f"{name}: no calibrated relevance map yet.", ""]
+            continue
+        t = cal["test"]
+        p = "-" if t["precision@0.5"] is None else f"{t['precision@0.5']:.3f}"
+        r = "-" if t["recall@0.5"] is None else f"{t['recall@0.5']:.3f}"
+        lines += [
+            f"{name}: calibrated relevance a = {cal['a']:.4g}, b = {cal['b']:.4g} "
+            f"({cal.get('fitted_on') or 'study train'}); on these test lists ECE {t['ece']:.3f}, precision / "
+            f"recall of relevance >= 0.5: {p} / {r} over {t['documents']} documents ({t['relevant']} relevant).",
+            "",
+        ]
     return lines
 
 
