@@ -40,6 +40,14 @@ logger = logging.getLogger("core_rerank.server")
 _ERROR_TYPE = "core_rerank.error_type"  # scope key: the error_type of the answer, for the metrics
 
 
+class JSON(JSONResponse):
+    """JSON answers in ASCII: text a client sent with lone surrogates (which UTF-8 cannot encode) comes back escaped
+    instead of failing, and a non-finite number is a defect that fails here rather than going out as invalid JSON."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def create_app(
     settings: ServerSettings | None = None,
     engine: Reranker | Callable[[], Reranker] | None = None,
@@ -107,16 +115,16 @@ def create_app(
     app.state.settings = settings
 
     # ------------------------------------------------------------------ errors: one JSON shape
-    def answer(request: Request, error: ApiError) -> JSONResponse:
+    def answer(request: Request, error: ApiError) -> JSON:
         request.scope[_ERROR_TYPE] = error.error_type
-        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+        return JSON(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+    async def api_error(request: Request, exc: ApiError) -> JSON:
         return answer(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSON:
         kinds = {404: "NotFound", 405: "MethodNotAllowed"}
         return answer(
             request,
@@ -126,7 +134,7 @@ def create_app(
         )
 
     @app.exception_handler(RequestValidationError)
-    async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def request_invalid(request: Request, exc: RequestValidationError) -> JSON:
         return answer(request, validation(f"invalid request: {exc.errors()}"))
 
     # ------------------------------------------------------------------ metrics of every request
@@ -193,7 +201,7 @@ def create_app(
             pass
 
     # ------------------------------------------------------------------ the one re-ranking path
-    async def rerank(request: Request, req: Any) -> JSONResponse:
+    async def rerank(request: Request, req: Any) -> JSON:
         job = req.job()
         if len(job.texts) > settings.max_client_batch_size:
             raise ApiError(
@@ -229,34 +237,34 @@ def create_app(
         metrics.documents.inc(len(job.texts))
         metrics.tokens.inc(scored.tokens)
         body = req.render(job, scored, service.budget(job))
-        return JSONResponse(body, headers={"X-Score-Kind": "raw" if req.raw else scored.score_kind})
+        return JSON(body, headers={"X-Score-Kind": "raw" if req.raw else scored.score_kind})
 
     protected = [Depends(authenticate)]
 
     @app.post("/rerank", dependencies=protected, summary="TEI (texts) or Infinity (documents) re-ranking")
-    async def rerank_tei_or_infinity(request: Request) -> JSONResponse:
+    async def rerank_tei_or_infinity(request: Request) -> JSON:
         body = await read_json(request)
         if isinstance(body, dict) and "texts" not in body and "documents" in body:
             return await rerank(request, parse(InfinityRequest, body))
         return await rerank(request, parse(TeiRequest, body))
 
     @app.post("/v1/rerank", dependencies=protected, summary="Jina / Cohere v1 / vLLM re-ranking")
-    async def rerank_v1(request: Request) -> JSONResponse:
+    async def rerank_v1(request: Request) -> JSON:
         return await rerank(request, parse(CohereV1Request, await read_json(request)))
 
     @app.post("/v2/rerank", dependencies=protected, summary="Cohere v2 re-ranking")
-    async def rerank_v2(request: Request) -> JSONResponse:
+    async def rerank_v2(request: Request) -> JSON:
         return await rerank(request, parse(CohereV2Request, await read_json(request)))
 
     @app.get("/health", summary="200 once the model is loaded, 503 before (public)")
-    async def health() -> JSONResponse:
+    async def health() -> JSON:
         state = service.state
         body = {"status": state, **({"error": service.error} if service.error else {})}
-        return JSONResponse(body, status_code=200 if state == "ready" else 503)
+        return JSON(body, status_code=200 if state == "ready" else 503)
 
     @app.get("/info", dependencies=protected, summary="Model, heads, layers, dtype, scores and limits")
-    async def info() -> JSONResponse:
-        return JSONResponse(service.info())
+    async def info() -> JSON:
+        return JSON(service.info())
 
     @app.get("/metrics", summary="Prometheus metrics (public)")
     async def prometheus() -> Response:
