@@ -209,6 +209,9 @@ def test_bad_json_and_odd_bodies_are_4xx_never_500(server):
     r = httpx.post(f"{server}/v2/rerank", content=json.dumps({"query": "q \udfff", "documents": odd}),
                    headers={"content-type": "application/json"})  # fmt: skip
     assert r.status_code == 200 and sorted(x["index"] for x in r.json()["results"]) == [0, 1, 2, 3]
+    r = httpx.post(f"{server}/rerank", content=json.dumps({"query": "q", "texts": odd, "return_text": True}),
+                   headers={"content-type": "application/json"})  # fmt: skip
+    assert r.status_code == 200 and sorted(x["text"] for x in r.json()) == sorted(odd)  # given back as sent
 
 
 def test_unknown_path_and_method_answer_in_the_error_shape(server):
