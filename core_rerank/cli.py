@@ -189,6 +189,9 @@ def serve(
         failed.append(error)
         server.should_exit = True
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a server's log gets a line when the model is ready, not a progress bar
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings, on_load_failure=stop), host=host, port=port, log_level=log_level)
     )
