@@ -33,14 +33,14 @@ def wait_for(predicate, what: str, timeout: float = WAIT_S) -> None:
 
 
 @contextmanager
-def running(app) -> Iterator[str]:
+def running(app, lifespan: str = "on") -> Iterator[str]:
     """Serve ``app`` with uvicorn on a free port of 127.0.0.1 (the socket is bound here, so no port race); yields
-    the base URL and stops the server after."""
+    the base URL and stops the server after. ``lifespan="off"``: as an ASGI server that runs no start-up events."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

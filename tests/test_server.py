@@ -288,6 +288,15 @@ def test_health_is_503_until_the_model_is_loaded(default_rr):
         assert r.status_code == 200 and r.json()["results"][0]["index"] == RELEVANT
 
 
+def test_without_lifespan_events_the_first_request_starts_loading(default_rr):
+    """An ASGI server that runs no start-up events (lifespan off) still gets the model: the first request starts
+    the load."""
+    with running(create_app(ServerSettings(), lambda: default_rr), lifespan="off") as base:
+        wait_for(lambda: httpx.get(f"{base}/health").status_code == 200, "the model to load")
+        r = post(base, "/v2/rerank", {"query": QUERY, "documents": SANITY_DOCS})
+        assert r.status_code == 200 and r.json()["results"][0]["index"] == RELEVANT
+
+
 def test_a_failed_load_is_a_503_and_is_reported(caplog):
     from core_rerank.errors import ModelNotFoundError
 

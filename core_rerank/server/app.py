@@ -65,8 +65,15 @@ def create_app(
     """
     settings = settings or ServerSettings()
     service = RerankService(settings, engine)
-    scheduler: Scheduler | None = None
-    metrics = Metrics(lambda: scheduler.waiting if scheduler else 0, lambda: scheduler.running if scheduler else 0)
+    metrics = Metrics(lambda: scheduler.waiting, lambda: scheduler.running)
+    scheduler = Scheduler(
+        settings.max_concurrent_requests,
+        settings.max_queue,
+        on_queue_time=metrics.queue_time.observe,
+        on_run_time=metrics.inference_time.observe,
+    )
+    starting = threading.Lock()
+    started = False
 
     def loaded() -> None:
         metrics.ready.set(1 if service.state == "ready" else 0)
@@ -84,15 +91,14 @@ def create_app(
         elif service.error is not None and on_load_failure is not None:
             on_load_failure(service.error)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        nonlocal scheduler
-        scheduler = Scheduler(
-            settings.max_concurrent_requests,
-            settings.max_queue,
-            on_queue_time=metrics.queue_time.observe,
-            on_run_time=metrics.inference_time.observe,
-        )
+    def start() -> None:
+        """Start loading (on a thread) once: at start-up, or on the first request where the ASGI server runs no
+        lifespan events."""
+        nonlocal started
+        with starting:
+            if started:
+                return
+            started = True
         if service.needs_loading:
 
             def load() -> None:
@@ -102,6 +108,10 @@ def create_app(
             threading.Thread(target=load, name="core-rerank-load", daemon=True).start()
         else:
             loaded()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        start()
         yield
         scheduler.close()
 
@@ -202,6 +212,7 @@ def create_app(
 
     # ------------------------------------------------------------------ the one re-ranking path
     async def rerank(request: Request, req: Any) -> JSON:
+        start()
         job = req.job()
         if len(job.texts) > settings.max_client_batch_size:
             raise ApiError(
@@ -258,6 +269,7 @@ def create_app(
 
     @app.get("/health", summary="200 once the model is loaded, 503 before (public)")
     async def health() -> JSON:
+        start()
         state = service.state
         body = {"status": state, **({"error": service.error} if service.error else {})}
         return JSON(body, status_code=200 if state == "ready" else 503)
