@@ -124,6 +124,87 @@ def rank(
     console.print(table)
 
 
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
+    heads: Annotated[str | None, typer.Option(help="Head list: JSON path or 'all'. Default: bundled.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CORE_RERANK_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on every endpoint but /health and /metrics.",
+        ),
+    ] = None,
+    max_concurrent_requests: Annotated[
+        int, typer.Option(min=1, help="Requests scored at once (one model runs one forward pass at a time).")
+    ] = 1,
+    max_queue: Annotated[int, typer.Option(min=0, help="Requests that may wait; one more gets 429 Overloaded.")] = 16,
+    max_client_batch_size: Annotated[
+        int, typer.Option(min=1, help="Most documents in one request (422 beyond).")
+    ] = DEFAULT_MAX_DOCUMENTS,
+    max_doc_tokens: Annotated[
+        int, typer.Option(min=1, help="Per-document token budget; longer documents are cut.")
+    ] = 400,
+    timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds from arrival to answer before a 504 (0: no limit).")
+    ] = 60.0,
+    payload_limit: Annotated[int, typer.Option(min=1, help="Largest request body in bytes (413 beyond).")] = 2_000_000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve re-ranking over HTTP (TEI, Infinity, Jina / Cohere v1 / vLLM and Cohere v2 formats): needs the
+    'server' extra. The port opens at once; /health answers 503 until the model is loaded."""
+    import logging
+
+    from .server import ServerSettings, server_dependencies_missing
+
+    missing = server_dependencies_missing()
+    if missing:
+        console.print(f"[red]error:[/red] serve needs {', '.join(missing)}: pip install 'core-rerank[server]'")
+        raise typer.Exit(2)
+    import uvicorn
+
+    from .server import create_app
+
+    try:
+        settings = ServerSettings(
+            model=model,
+            heads=heads,
+            max_concurrent_requests=max_concurrent_requests,
+            max_queue=max_queue,
+            max_client_batch_size=max_client_batch_size,
+            max_doc_tokens=max_doc_tokens,
+            timeout=timeout or None,
+            payload_limit=payload_limit,
+            api_key=api_key,
+        )
+    except CoreRerankError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        logging.getLogger("core_rerank.server").warning(
+            "listening on %s without an API key: anyone who can reach this port can use it", host
+        )
+    failed: list[str] = []
+
+    def stop(error: str) -> None:
+        failed.append(error)
+        server.should_exit = True
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a server's log gets a line when the model is ready, not a progress bar
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, on_load_failure=stop), host=host, port=port, log_level=log_level)
+    )
+    server.run()
+    if failed:
+        console.print(f"[red]error:[/red] {escape(failed[0])}")
+        raise typer.Exit(2)
+
+
 def _data_spec(spec: str, default_split: str) -> tuple[Path, str]:
     """'DIR' or 'DIR:SPLIT' -> (folder, split)."""
     path, _, split = spec.partition(":") if ":" in Path(spec).name else (spec, "", "")

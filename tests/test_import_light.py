@@ -35,3 +35,16 @@ def test_engine_and_cli_modules_load_no_research_module(imports):
     """The engine module (what ``Reranker.rank`` runs) and the CLI import research code only inside the
     research commands."""
     assert _loaded_after(imports) == []
+
+
+SERVER_ONLY = ("fastapi", "uvicorn", "prometheus_client", "starlette")
+
+
+@pytest.mark.parametrize("imports", ["import core_rerank", "import core_rerank.cli", "import core_rerank.server"])
+def test_the_server_stack_loads_only_when_serving(imports):
+    """FastAPI, uvicorn and prometheus-client (the ``server`` extra) load when ``core-rerank serve`` or
+    ``create_app`` runs, not with the package, the command line or the server package's settings."""
+    code = _PROBE.format(imports=imports, prefixes=(*SERVER_ONLY, "torch"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -1,0 +1,177 @@
+"""The one reranker a server process serves: loading it, its state, running a job on it, describing it.
+
+Blocking work (loading, scoring) runs on threads; this module knows nothing of HTTP beyond the :class:`ApiError`
+it raises, so another front (Ray Serve's ingress, a batch job) can drive the same service.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CoreRerankError
+from .errors import ApiError, from_engine_error
+from .settings import ServerSettings
+from .wire import RerankJob, Scored
+
+if TYPE_CHECKING:
+    from ..reranker import Reranker
+
+__all__ = ["RerankService"]
+
+logger = logging.getLogger("core_rerank.server")
+
+UNCALIBRATED_NOTE = (
+    "this head list has no fitted relevance map: scores in [0, 1] are each document's normalized_score (a softmax "
+    "over the request's candidates, summing to 1), which compares documents within one request only, not across "
+    "requests. Fit a map with `core-rerank calibrate` and serve that head list (--heads) for a per-document relevance."
+)
+
+
+class RerankService:
+    """Holds the reranker (``state``: ``"loading"``, ``"ready"`` or ``"failed"``) and runs jobs on it.
+
+    ``engine``: a ready :class:`~core_rerank.Reranker` (served as it is: its model, heads and ``max_doc_tokens``
+    are the server's), a callable that builds one (run by :meth:`load`), or ``None`` to build one from
+    ``settings`` (``model``, ``heads``, ``max_doc_tokens``, ``max_documents = max_client_batch_size``).
+    """
+
+    def __init__(self, settings: ServerSettings, engine: Reranker | Callable[[], Reranker] | None = None) -> None:
+        self.settings = settings
+        self.error: str | None = None
+        self._reranker: Reranker | None = None
+        self._loader: Callable[[], Reranker] | None = None
+        self._loaded = threading.Event()
+        if engine is None:
+            self._loader = self._from_settings
+        elif callable(engine):
+            self._loader = engine
+        else:
+            self._set(engine)
+
+    # ------------------------------------------------------------------ loading
+    @property
+    def state(self) -> str:
+        if self._reranker is not None:
+            return "ready"
+        return "failed" if self.error is not None else "loading"
+
+    @property
+    def needs_loading(self) -> bool:
+        return self._loader is not None and self._reranker is None and self.error is None
+
+    def _from_settings(self) -> Reranker:
+        from ..reranker import Reranker
+
+        s = self.settings
+        return Reranker(s.model, heads=s.heads, max_doc_tokens=s.max_doc_tokens, max_documents=s.max_client_batch_size)
+
+    def load(self) -> None:
+        """Build the reranker (blocking; run it on a thread). A failure is kept in ``error``, logged, and served
+        as 503 ``LoadFailed``; it is not raised."""
+        try:
+            self._set(self._loader())
+        except Exception as exc:  # any failure to load: report it, never crash the event loop
+            self.error = f"{type(exc).__name__}: {exc}"
+            logger.error("core-rerank could not load the model: %s", self.error)
+        finally:
+            self._loaded.set()
+
+    def _set(self, reranker: Reranker) -> None:
+        self._reranker = reranker
+        if not reranker.calibrated:
+            logger.warning("core-rerank serve: %s", UNCALIBRATED_NOTE)
+        logger.info("core-rerank serve: ready, %r", reranker)
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Block until loading has ended (either way); ``True`` if it ended within ``timeout``."""
+        return self._reranker is not None or self._loaded.wait(timeout)
+
+    def require_ready(self) -> Reranker:
+        """The reranker, or a 503 (``Loading`` with ``Retry-After``, or ``LoadFailed``)."""
+        if self._reranker is not None:
+            return self._reranker
+        if self.error is not None:
+            raise ApiError(503, "LoadFailed", f"the model failed to load: {self.error}")
+        raise ApiError(503, "Loading", "the model is loading; retry shortly", {"Retry-After": "5"})
+
+    # ------------------------------------------------------------------ scoring
+    @property
+    def score_kind(self) -> str:
+        """What a [0, 1] score is: ``"relevance"`` (calibrated, per document) or ``"normalized_score"``."""
+        rr = self._reranker
+        return "relevance" if rr is None or rr.calibrated else "normalized_score"
+
+    @property
+    def max_doc_tokens(self) -> int:
+        rr = self._reranker
+        return rr.max_doc_tokens if rr is not None else self.settings.max_doc_tokens
+
+    def budget(self, job: RerankJob) -> int:
+        """The per-document token budget a job is scored with (a request may lower the server's, not raise it)."""
+        return min(job.max_doc_tokens or self.max_doc_tokens, self.max_doc_tokens)
+
+    def run(self, job: RerankJob) -> Scored:
+        """Score a job (blocking: a worker thread runs it): every document's result, best first."""
+        rr = self.require_ready()
+        budget = self.budget(job)
+        if budget != rr.max_doc_tokens:
+            rr = copy.copy(rr)  # shares the loaded model; only this request's settings differ
+            rr.max_doc_tokens = budget
+        try:
+            results = rr.rank(job.query, job.texts, show_progress_bar=False)
+        except CoreRerankError as exc:
+            raise from_engine_error(exc) from None
+        if not job.truncate:
+            cut = sorted(r.index for r in results if r.truncated)
+            if cut:
+                raise ApiError(
+                    422,
+                    "Validation",
+                    f"documents {cut[:10]} are longer than {budget} tokens and truncate is false: shorten them, or "
+                    "send truncate: true (or null) to score their first tokens",
+                )
+        return Scored(results, sum(r.tokens for r in results), self.score_kind, rr.model_id)
+
+    # ------------------------------------------------------------------ description
+    def info(self) -> dict[str, Any]:
+        """What ``GET /info`` shows: the model, heads, layers, dtype, scores and every limit."""
+        from .. import __version__
+
+        out: dict[str, Any] = {"version": __version__, "status": self.state, "limits": self.settings.limits()}
+        out["limits"]["max_doc_tokens"] = self.max_doc_tokens
+        rr = self._reranker
+        if rr is None:
+            out["model"] = self.settings.model
+            if self.error is not None:
+                out["error"] = self.error
+            return out
+        hl = rr.head_list
+        fit = hl.calibration.get("relevance")
+        out.update(
+            model=rr.model_id,
+            heads={
+                "method": hl.method,
+                "count": len(hl.heads),
+                "list": hl.describe(),
+                "heads": [list(h) for h in hl.heads],
+            },
+            layers={"loaded": rr.loaded_model.layers_loaded, "total": rr.loaded_model.shape.num_layers},
+            dtype=str(rr.dtype).removeprefix("torch."),
+            quantization=rr.quantization,
+            device=str(rr.device),
+            order=rr.order,
+            scores={
+                "relevance_score": self.score_kind,
+                "calibrated": fit is not None,
+                "relevance_map": None if fit is None else {k: fit[k] for k in ("a", "b", "fitted_on") if k in fit},
+                "raw_scores": "the engine's raw attention score: unbounded, comparable only within one request",
+                **({"note": UNCALIBRATED_NOTE} if fit is None else {}),
+            },
+        )
+        out["limits"]["max_tokens"] = rr.max_tokens
+        out["limits"]["max_documents"] = rr.max_documents
+        return out
