@@ -126,7 +126,7 @@ def rank(
 
 @app.command()
 def serve(
-    model: Annotated[str, typer.Option(help="'default', a Hugging Face id or directory, or a .gguf file.")] = "default",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "default",
     heads: Annotated[str | None, typer.Option(help="Head list: JSON path or 'all'. Default: bundled.")] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
