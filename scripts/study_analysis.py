@@ -338,6 +338,7 @@ def analyze(args) -> None:
 
 
 # Other packaged models, collected with `collect --model NAME` into WORK/<name>/ (their CoRe heads only).
+MIN_PER_SET = 5  # queries per test set before "below BM25 on a set by more than its s.e." is judged
 MIN_DEV = 20  # (query, first stage) pairs on dev before a model gets its own fusion weight
 MODEL_METHODS = ("first_stage", "core", "core + first-stage scores", "core@shuffled")
 TIMING_FILES = {"qwen2.5-coder-1.5b-instruct": "qwen15", "qwen2.5-coder-0.5b-instruct": "qwen", "gemma-3-270m": "gemma"}
@@ -448,9 +449,10 @@ def _count(qs: list[Q]) -> str:
     return ", ".join(f"{ds} {len(v)} q" for ds, v in sorted(by.items())) or "none"
 
 
-def _mean_se_round(v: list[float]) -> list[float]:
+def _mean_se_round(v: list[float]) -> list:
+    """[mean, standard error (None for one value), count]."""
     mu, se = mean_se(v)
-    return [round(mu, 4), round(se, 4) if se == se else None]
+    return [round(mu, 4), round(se, 4) if se == se else None, len(v)]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -466,11 +468,27 @@ def write_calibration(report: dict, counts: dict) -> None:
     weight = max(weights, key=lambda w: sum(grid[p][w] for p in grid) / len(grid))
     _store_calibration("HuggingFaceTB/SmolLM2-135M-Instruct", cal, float(weight), counts["train"], counts["dev"])
     for name, m in report.get("models", {}).items():
-        if m.get("calibration") and m["calibration"].get("source") != "bundled head list":
-            from core_rerank.sources import resolve_source
+        from core_rerank.sources import resolve_source
 
-            model_id = resolve_source(name).model_id
-            _store_calibration(model_id, m["calibration"], m["fusion_weight"], m["counts"]["train"], m["counts"]["dev"])
+        model_id = resolve_source(name).model_id
+        counts_m = m["counts"]
+        if m.get("calibration") and m["calibration"].get("source") != "bundled head list":
+            _store_calibration(model_id, m["calibration"], m["fusion_weight"], counts_m["train"], counts_m["dev"])
+        elif m.get("fusion_dev_grid"):  # the relevance map came from `core-rerank calibrate`: keep it
+            _store_fusion(model_id, m["fusion_weight"], counts_m["dev"])
+
+
+def _store_fusion(model_id: str, weight: float, dev: str) -> None:
+    from dataclasses import replace
+
+    from core_rerank.heads import find_bundled_head_list
+
+    core = find_bundled_head_list(model_id, "core")
+    fusion = {"weight": weight, "chosen_on": f"dev: {dev} (mean over BM25 and dense)"}
+    calibration = {**(core.calibration or {}), "fusion": fusion}
+    path = ROOT / "core_rerank" / "head_lists" / (model_id.replace("/", "__") + ".core.json")
+    replace(core, calibration=calibration).save(path)
+    print("wrote", path, calibration)
 
 
 def _store_calibration(model_id: str, cal: dict, weight: float, train: str, dev: str) -> None:
@@ -551,15 +569,16 @@ def target_cells(t: dict) -> list[tuple[str, str]]:
 
     fused = "core + first-stage scores"
     sets = t["bm25"][fused].get("by_dataset_vs_first_stage", {})
-    below = [ds for ds, (mu, se) in sets.items() if se is not None and mu < -se]
-    worst = min(sets.items(), key=lambda kv: kv[1][0]) if sets else ("-", (float("nan"), None))
+    below = [ds for ds, (mu, se, _) in sets.items() if se is not None and mu < -se]
+    worst = min(sets.items(), key=lambda kv: kv[1][0]) if sets else ("-", (float("nan"), None, 0))
+    fewest = min((n for _, _, n in sets.values()), default=0)
     ok = {
         "dense": _beats(t["dense"][fused]),
         "bm25": t["bm25"][fused]["vs_first_stage"] >= 0.03,
-        "sets": bool(sets) and not below,
+        "sets": None if fewest < MIN_PER_SET else not below,
         "shuf": _shuffled_ok(t),
     }
-    yes = {True: "**met**", False: "not met"}
+    yes = {True: "**met**", False: "not met", None: f"too few queries per set to tell (fewest {fewest})"}
     return [
         (
             "behind dense: re-ranked > dense order by > 2 s.e.",
