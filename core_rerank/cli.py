@@ -152,9 +152,23 @@ def serve(
     ] = 60.0,
     payload_limit: Annotated[int, typer.Option(min=1, help="Largest request body in bytes (413 beyond).")] = 2_000_000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    backend: Annotated[
+        str, typer.Option(help="'uvicorn' (one process) or 'ray' (Ray Serve replicas: the 'ray' extra).")
+    ] = "uvicorn",
+    replicas: Annotated[
+        int | None, typer.Option(min=1, help="With --backend ray: replicas, each loading the model (default 1).")
+    ] = None,
+    deployment_config: Annotated[
+        Path | None,
+        typer.Option(help="With --backend ray: a YAML of Ray Serve deployment options (docs/serving.md)."),
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="With --backend ray: a running cluster ('auto'). Default: a local one.")
+    ] = None,
 ) -> None:
     """Serve re-ranking over HTTP (TEI, Infinity, Jina / Cohere v1 / vLLM and Cohere v2 formats): needs the
-    'server' extra. The port opens at once; /health answers 503 until the model is loaded."""
+    'server' extra. The port opens at once; /health answers 503 until the model is loaded. With --backend ray,
+    the same app runs on Ray Serve replicas (each answer names its replica in X-Replica)."""
     import logging
 
     from .server import ServerSettings, server_dependencies_missing
@@ -182,6 +196,25 @@ def serve(
     except CoreRerankError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
+    if backend not in ("uvicorn", "ray"):
+        raise typer.BadParameter("use 'uvicorn' or 'ray'", param_hint="--backend")
+    if backend == "uvicorn" and (replicas is not None or deployment_config is not None or ray_address is not None):
+        raise typer.BadParameter("--replicas, --deployment-config and --ray-address need --backend ray")
+    if backend == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
+            console.print("[red]error:[/red] --backend ray needs Ray Serve: pip install 'core-rerank[ray]'")
+            raise typer.Exit(2)
+        from .server import ray_serve
+
+        try:
+            deployment = ray_serve.load_deployment_config(deployment_config, replicas)
+        except (CoreRerankError, OSError) as exc:
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from exc
+        ray_serve.run(settings, deployment, host, port, ray_address)
+        return
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         logging.getLogger("core_rerank.server").warning(
