@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from ray_local import needs_ray, start, stop
@@ -97,6 +98,8 @@ def test_deployment_config_file(tmp_path):
     assert config["max_ongoing_requests"] == DEFAULT_DEPLOYMENT["max_ongoing_requests"]
     fixed = load_deployment_config(path, replicas=3)
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    example = load_deployment_config(Path(__file__).resolve().parents[1] / "examples" / "ray-serve.yaml")
+    assert example["num_replicas"] == 2 and example["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 0}
     path.write_text("deployment:\n  num_replica: 2\n")
     with pytest.raises(InvalidInputError, match="num_replica"):
         load_deployment_config(path)

@@ -143,7 +143,11 @@ def build_application(settings: ServerSettings, deployment: Mapping[str, Any] | 
 
 
 def run(settings: ServerSettings, deployment: Mapping[str, Any], host: str, port: int, address: str | None) -> None:
-    """Start (or join, with ``address``) Ray, run the application on ``host:port`` and block until interrupted."""
+    """Start (or join, with ``address``) Ray, run the application on ``host:port``, and serve until SIGINT or
+    SIGTERM; then delete the application and, for a Ray instance started here, stop Ray (its processes with it)."""
+    import signal
+    import threading
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None:
         from ..batch import start_local_ray
@@ -154,5 +158,15 @@ def run(settings: ServerSettings, deployment: Mapping[str, Any], host: str, port
 
     if address is not None:
         ray.init(address=address, log_to_driver=False)
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_application(settings, deployment), name="core-rerank", route_prefix="/", blocking=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_application(settings, deployment), name="core-rerank", route_prefix="/")
+        stop.wait()  # a server runs until it is told to stop
+    finally:
+        serve.delete("core-rerank")
+        if address is None:
+            serve.shutdown()
+            ray.shutdown()
