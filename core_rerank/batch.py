@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CoreRerankError
+from .inputs import DEFAULT_MAX_DOCUMENTS
 
 if TYPE_CHECKING:
     from .reranker import Reranker
@@ -42,7 +43,7 @@ class BatchSettings:
     model: str = "default"
     heads: str | None = None
     max_doc_tokens: int = 400
-    max_documents: int | None = 100
+    max_documents: int | None = DEFAULT_MAX_DOCUMENTS
     quantization: str | None = "auto"
     device: str | None = None
     threads: int | None = None
@@ -180,7 +181,7 @@ def run_ray(
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # output rows in input order
+    ctx.execution_options.preserve_order = True  # output rows in input order (a setting of this driver process)
     ds = ray.data.from_items([{"n": n, "line": line} for n, line in lines])
     scored = ds.map_batches(
         RayScorer,

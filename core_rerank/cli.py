@@ -213,6 +213,8 @@ def serve(
         except (CoreRerankError, OSError) as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from exc
+        if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+            console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key")
         ray_serve.run(settings, deployment, host, port, ray_address)
         return
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
