@@ -152,9 +152,23 @@ def serve(
     ] = 60.0,
     payload_limit: Annotated[int, typer.Option(min=1, help="Largest request body in bytes (413 beyond).")] = 2_000_000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    backend: Annotated[
+        str, typer.Option(help="'uvicorn' (one process) or 'ray' (Ray Serve replicas: the 'ray' extra).")
+    ] = "uvicorn",
+    replicas: Annotated[
+        int | None, typer.Option(min=1, help="With --backend ray: replicas, each loading the model (default 1).")
+    ] = None,
+    deployment_config: Annotated[
+        Path | None,
+        typer.Option(help="With --backend ray: a YAML of Ray Serve deployment options (docs/serving.md)."),
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="With --backend ray: a running cluster ('auto'). Default: a local one.")
+    ] = None,
 ) -> None:
     """Serve re-ranking over HTTP (TEI, Infinity, Jina / Cohere v1 / vLLM and Cohere v2 formats): needs the
-    'server' extra. The port opens at once; /health answers 503 until the model is loaded."""
+    'server' extra. The port opens at once; /health answers 503 until the model is loaded. With --backend ray,
+    the same app runs on Ray Serve replicas (each answer names its replica in X-Replica)."""
     import logging
 
     from .server import ServerSettings, server_dependencies_missing
@@ -182,6 +196,27 @@ def serve(
     except CoreRerankError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
+    if backend not in ("uvicorn", "ray"):
+        raise typer.BadParameter("use 'uvicorn' or 'ray'", param_hint="--backend")
+    if backend == "uvicorn" and (replicas is not None or deployment_config is not None or ray_address is not None):
+        raise typer.BadParameter("--replicas, --deployment-config and --ray-address need --backend ray")
+    if backend == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
+            console.print("[red]error:[/red] --backend ray needs Ray Serve: pip install 'core-rerank[ray]'")
+            raise typer.Exit(2)
+        from .server import ray_serve
+
+        try:
+            deployment = ray_serve.load_deployment_config(deployment_config, replicas)
+        except (CoreRerankError, OSError) as exc:
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from exc
+        if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+            console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key")
+        ray_serve.run(settings, deployment, host, port, ray_address)
+        return
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         logging.getLogger("core_rerank.server").warning(
@@ -203,6 +238,90 @@ def serve(
     if failed:
         console.print(f"[red]error:[/red] {escape(failed[0])}")
         raise typer.Exit(2)
+
+
+@app.command()
+def batch(
+    input_path: Annotated[
+        Path, typer.Argument(metavar="INPUT.jsonl", help="One {'id', 'query', 'documents'} object per line.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL to write: {'id', 'results'} per input line.")],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "default",
+    heads: Annotated[str | None, typer.Option(help="Head list: JSON path or 'all'. Default: bundled.")] = None,
+    max_doc_tokens: Annotated[int, typer.Option(min=1, help="Per-document token budget; longer are cut.")] = 400,
+    max_documents: Annotated[
+        int, typer.Option(min=1, help="Most documents in one row (an error row beyond).")
+    ] = DEFAULT_MAX_DOCUMENTS,
+    quantization: Annotated[
+        str, typer.Option(help="'auto' (4-bit for 1B+ models on CUDA), 'none', '4bit' or '8bit'.")
+    ] = "auto",
+    device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'. Default: CUDA if available.")] = None,
+    use_ray: Annotated[
+        bool, typer.Option("--ray", help="Run on Ray Data (the 'ray' extra): map_batches over an actor pool.")
+    ] = False,
+    actors: Annotated[int, typer.Option(min=1, help="With --ray: actors, each loading the model once.")] = 2,
+    cpus_per_actor: Annotated[
+        int, typer.Option(min=1, help="With --ray: CPUs each actor reserves (and its torch threads).")
+    ] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(min=0, help="With --ray: GPUs each actor reserves.")] = 0.0,
+    batch_size: Annotated[int, typer.Option(min=1, help="With --ray: input rows per map_batches batch.")] = 8,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="With --ray: a running cluster ('auto', 'ray://host:10001'). Default: a local one."),
+    ] = None,
+) -> None:
+    """Re-rank every row of INPUT.jsonl ({'id', 'query', 'documents'} per line) and write {'id', 'results':
+    [{'index', 'score', 'relevance'}, ...]} rows, best first, in input order. A bad row gets an 'error' field in
+    its output row; the job goes on. Embedded with a progress bar, or on Ray Data with --ray --actors N."""
+    import importlib.util
+
+    from .batch import BatchSettings, read_lines, run_embedded, run_ray
+
+    if not input_path.is_file():
+        raise typer.BadParameter(f"{input_path} does not exist", param_hint="INPUT.jsonl")
+    try:
+        lines = read_lines(input_path)
+    except UnicodeDecodeError as exc:
+        raise typer.BadParameter(f"{input_path} is not UTF-8 text ({exc.reason})", param_hint="INPUT.jsonl") from exc
+    settings = BatchSettings(
+        model=model,
+        heads=heads,
+        max_doc_tokens=max_doc_tokens,
+        max_documents=max_documents,
+        quantization=None if quantization.lower() == "none" else quantization,
+        device=device,
+        threads=cpus_per_actor if use_ray else None,
+    )
+    err = Console(stderr=True)
+    try:
+        if use_ray:
+            if importlib.util.find_spec("ray") is None:
+                console.print("[red]error:[/red] --ray needs Ray: pip install 'core-rerank[ray]'")
+                raise typer.Exit(2)
+            if ray_address is not None:
+                import ray
+
+                ray.init(address=ray_address, log_to_driver=False)
+            errors = run_ray(
+                settings,
+                lines,
+                output,
+                actors=actors,
+                cpus_per_actor=cpus_per_actor,
+                gpus_per_actor=gpus_per_actor,
+                batch_size=batch_size,
+            )
+        else:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            with progress_bar("re-ranking rows", len(lines)) as progress:
+                errors = run_embedded(settings, lines, output, progress)
+    except CoreRerankError as exc:  # the model or head list could not load: nothing was scored
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    note = f", {errors} with an error (see their 'error' field)" if errors else ""
+    err.print(f"wrote {output}: {len(lines)} rows{note}")
 
 
 def _data_spec(spec: str, default_split: str) -> tuple[Path, str]:

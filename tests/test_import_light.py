@@ -48,3 +48,16 @@ def test_the_server_stack_loads_only_when_serving(imports):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize(
+    "imports",
+    ["import core_rerank", "import core_rerank.cli", "import core_rerank.batch", "import core_rerank.server.ray_serve"],
+)
+def test_ray_loads_only_when_used(imports):
+    """Ray (the ``ray`` extra: Ray Data for ``batch --ray``, Ray Serve for ``serve --backend ray``) is imported by
+    those commands when they run, never by the package, the command line or the modules that hold the Ray code."""
+    code = _PROBE.format(imports=imports, prefixes=("ray", "pyarrow", "torch"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -3,8 +3,9 @@
 One module, one job: :mod:`.settings` (what is served, the limits), :mod:`.wire` (the TEI, Infinity, Jina / Cohere v1
 / vLLM and Cohere v2 request and response shapes), :mod:`.scheduler` (worker threads behind a bounded FIFO queue),
 :mod:`.service` (loading and running the one reranker), :mod:`.metrics` (Prometheus), :mod:`.errors` (JSON error
-answers) and :mod:`.app` (the FastAPI app, ``create_app``). Needs the ``server`` extra
-(``pip install 'core-rerank[server]'``); importing this package alone imports neither FastAPI nor torch.
+answers) and :mod:`.app` (the FastAPI app, ``create_app``); :mod:`.ray_serve` runs that app on Ray Serve replicas
+(``serve --backend ray``, the ``ray`` extra). Needs the ``server`` extra (``pip install 'core-rerank[server]'``);
+importing this package alone imports neither FastAPI, Ray nor torch.
 """
 
 from __future__ import annotations
