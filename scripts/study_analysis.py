@@ -688,6 +688,32 @@ def render_models(report: dict) -> list[str]:
     return lines
 
 
+def render_windows(w: dict | None) -> list[str]:
+    """Shorter lists per prompt (scripts/window_study.py, dev): the engine's round-robin windows."""
+    if not w:
+        return []
+    lines = [
+        f"## Shorter lists per prompt ({w['part']}, {w['queries']} queries, BM25 top 20, default model)",
+        "",
+        "The same 20 candidates scored as one prompt or dealt round-robin into shorter prompts (the engine's",
+        "windows, `max_tokens`); `scripts/window_study.py`. s/query measured while other jobs shared the 2 cores:",
+        "compare within the column only.",
+        "",
+        "| prompts | windows (mean) | nDCG@10 | vs first stage | s/query |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in w["methods"].items():
+        if name == "first_stage":
+            lines.append(f"| BM25 order | - | {r['ndcg']:.3f} | | |")
+            continue
+        lines.append(
+            f"| {name} | {r['windows']:.2f} | {r['ndcg']:.3f} | {r['vs_first_stage']:+.3f} ± {r['se']:.3f} | "
+            f"{r['seconds_per_query']:.1f} |"
+        )
+    lines += ["", "Not kept: shorter prompts did not rank better on dev (four prompts ranked worse).", ""]
+    return lines
+
+
 def render(report: dict, counts: dict) -> str:
     """docs/retriever_study.md from the study's JSON (a pure function of it)."""
     lines = [
@@ -739,6 +765,7 @@ def render(report: dict, counts: dict) -> str:
             lines.append("")
     lines += render_targets(report)
     lines += render_models(report)
+    lines += render_windows(_read_json(RESULTS / "window_study.json"))
     cal = report.get("calibration", {})
     if cal:
         lines += [

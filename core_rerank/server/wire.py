@@ -222,16 +222,8 @@ class CohereV1Request(_Request):
         return RerankJob(query, texts, list(self.documents))
 
     def render(self, job: RerankJob, scored: Scored, budget: int) -> dict[str, Any]:
-        results = []
-        for r in scored.results[: self.top_n]:
-            item: dict[str, Any] = {"index": r.index, "relevance_score": score_of(r, self.raw)}
-            if self.return_documents:
-                original = job.originals[r.index]
-                item["document"] = {"text": original} if isinstance(original, str) else original
-            results.append(item)
-        meta: dict[str, Any] = {"api_version": {"version": "1"}, "tokens": {"input_tokens": scored.tokens}}
-        if warnings := _warnings(scored, job, budget):
-            meta["warnings"] = warnings
+        results = _cohere_results(job, scored, self.top_n, self.raw, self.return_documents)
+        meta = _cohere_meta("1", job, scored, budget)
         return {"id": scored.id, "model": scored.model, "usage": _usage(scored), "results": results, "meta": meta}
 
 
@@ -250,14 +242,27 @@ class CohereV2Request(_Request):
         return RerankJob(query, texts, list(self.documents), max_doc_tokens=self.max_tokens_per_doc)
 
     def render(self, job: RerankJob, scored: Scored, budget: int) -> dict[str, Any]:
-        results = []
-        for r in scored.results[: self.top_n]:
-            item: dict[str, Any] = {"index": r.index, "relevance_score": score_of(r, self.raw)}
-            if self.return_documents:
-                original = job.originals[r.index]
-                item["document"] = {"text": original} if isinstance(original, str) else original
-            results.append(item)
-        meta: dict[str, Any] = {"api_version": {"version": "2"}, "tokens": {"input_tokens": scored.tokens}}
-        if warnings := _warnings(scored, job, budget):
-            meta["warnings"] = warnings
-        return {"id": scored.id, "results": results, "meta": meta}
+        results = _cohere_results(job, scored, self.top_n, self.raw, self.return_documents)
+        return {"id": scored.id, "results": results, "meta": _cohere_meta("2", job, scored, budget)}
+
+
+def _cohere_results(
+    job: RerankJob, scored: Scored, top_n: int | None, raw: bool, return_documents: bool | None
+) -> list[dict[str, Any]]:
+    """Cohere-style results (v1 and v2 alike): best first, cut to ``top_n``, each document echoed on request
+    (a string as ``{"text": ...}``, an object as sent)."""
+    results = []
+    for r in scored.results[:top_n]:
+        item: dict[str, Any] = {"index": r.index, "relevance_score": score_of(r, raw)}
+        if return_documents:
+            original = job.originals[r.index]
+            item["document"] = {"text": original} if isinstance(original, str) else original
+        results.append(item)
+    return results
+
+
+def _cohere_meta(version: str, job: RerankJob, scored: Scored, budget: int) -> dict[str, Any]:
+    meta: dict[str, Any] = {"api_version": {"version": version}, "tokens": {"input_tokens": scored.tokens}}
+    if warnings := _warnings(scored, job, budget):
+        meta["warnings"] = warnings
+    return meta
