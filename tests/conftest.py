@@ -211,6 +211,24 @@ def minilm_dir() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
+def minilm_embeddings():
+    """A LangChain ``Embeddings`` over the packaged all-MiniLM-L6-v2 (normalized, so cosine = dot product):
+    the offline first stage of the LangChain pipeline tests."""
+    from langchain_core.embeddings import Embeddings
+    from sentence_transformers import SentenceTransformer
+
+    class MiniLM(Embeddings):
+        model = SentenceTransformer(minilm_dir(), device="cpu")
+
+        def embed_documents(self, texts):
+            return self.model.encode(list(texts), normalize_embeddings=True).tolist()
+
+        def embed_query(self, text):
+            return self.embed_documents([text])[0]
+
+    return MiniLM()
+
+
 TINY_LLAMA = dict(
     hidden_size=64,
     intermediate_size=128,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import langchain_corerank
 import pytest
-from conftest import SANITY_DOCS, SANITY_QUERIES, SCIFACT_QUERIES, minilm_dir, scifact_subset
+from conftest import SANITY_DOCS, SANITY_QUERIES, SCIFACT_QUERIES, minilm_embeddings, scifact_subset
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_corerank import CoReRerank
@@ -378,30 +378,19 @@ class PromptCapture(BaseCallbackHandler):
 
 def test_contextual_compression_in_an_lcel_chain():
     from langchain_classic.retrievers import ContextualCompressionRetriever
-    from langchain_core.embeddings import Embeddings
     from langchain_core.language_models import FakeListChatModel
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import RunnablePassthrough
     from langchain_core.vectorstores import InMemoryVectorStore
-    from sentence_transformers import SentenceTransformer
 
     queries, corpus = scifact_subset()
-
-    class MiniLM(Embeddings):
-        model = SentenceTransformer(minilm_dir(), device="cpu")
-
-        def embed_documents(self, texts):
-            return self.model.encode(list(texts), normalize_embeddings=True).tolist()
-
-        def embed_query(self, text):
-            return self.embed_documents([text])[0]
 
     docs = [
         Document(page_content=f"{d['title']}\n{d['text']}", metadata={"doc_id": d["_id"]}, id=d["_id"])
         for d in corpus.values()
     ]
-    store = InMemoryVectorStore.from_documents(docs, MiniLM())
+    store = InMemoryVectorStore.from_documents(docs, minilm_embeddings())
     base = store.as_retriever(search_kwargs={"k": 6})
     retriever = ContextualCompressionRetriever(
         base_compressor=CoReRerank(top_n=3, max_doc_tokens=160), base_retriever=base
@@ -491,20 +480,9 @@ def test_a_ready_reranker_is_not_serialized_but_its_settings_are(held):
 
 def test_held_model_in_a_contextual_compression_retriever(held):
     from langchain_classic.retrievers import ContextualCompressionRetriever
-    from langchain_core.embeddings import Embeddings
     from langchain_core.vectorstores import InMemoryVectorStore
-    from sentence_transformers import SentenceTransformer
 
-    class MiniLM(Embeddings):
-        model = SentenceTransformer(minilm_dir(), device="cpu")
-
-        def embed_documents(self, texts):
-            return self.model.encode(list(texts), normalize_embeddings=True).tolist()
-
-        def embed_query(self, text):
-            return self.embed_documents([text])[0]
-
-    store = InMemoryVectorStore.from_documents(sanity_documents(), MiniLM())
+    store = InMemoryVectorStore.from_documents(sanity_documents(), minilm_embeddings())
     retriever = ContextualCompressionRetriever(
         base_compressor=CoReRerank(reranker=held, top_n=2),
         base_retriever=store.as_retriever(search_kwargs={"k": 6}),

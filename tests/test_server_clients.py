@@ -6,7 +6,7 @@ API key, so authentication goes through each client too) and must get the in-pro
 from __future__ import annotations
 
 import pytest
-from conftest import SANITY_DOCS, SANITY_QUERIES, minilm_dir
+from conftest import SANITY_DOCS, SANITY_QUERIES, minilm_dir, minilm_embeddings
 from server_harness import running  # skips without the [server] extra
 
 for _name in ("cohere", "langchain_cohere", "llama_index.postprocessor.cohere_rerank",
@@ -72,21 +72,10 @@ def test_langchain_cohere_in_a_contextual_compression_retriever(base, default_rr
     from langchain_classic.retrievers import ContextualCompressionRetriever
     from langchain_cohere import CohereRerank
     from langchain_core.documents import Document
-    from langchain_core.embeddings import Embeddings
     from langchain_core.vectorstores import InMemoryVectorStore
-    from sentence_transformers import SentenceTransformer
-
-    class MiniLM(Embeddings):
-        model = SentenceTransformer(minilm_dir(), device="cpu")
-
-        def embed_documents(self, texts):
-            return self.model.encode(list(texts), normalize_embeddings=True).tolist()
-
-        def embed_query(self, text):
-            return self.embed_documents([text])[0]
 
     docs = [Document(page_content=t, metadata={"doc": i}, id=f"d{i}") for i, t in enumerate(SANITY_DOCS)]
-    first_stage = InMemoryVectorStore.from_documents(docs, MiniLM()).as_retriever(search_kwargs={"k": 6})
+    first_stage = InMemoryVectorStore.from_documents(docs, minilm_embeddings()).as_retriever(search_kwargs={"k": 6})
     compressor = CohereRerank(model="rerank-v3.5", cohere_api_key=KEY, base_url=base, top_n=3)
     retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=first_stage)
     for query, relevant in (SANITY_QUERIES[0], SANITY_QUERIES[4]):
