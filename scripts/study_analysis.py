@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from core_rerank.research.calibration import fit_logistic, reliability
+from core_rerank.scoring import relevance
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -188,6 +189,19 @@ def calibration_data(qs: list[Q], feature: Callable[[Q], np.ndarray]) -> tuple[n
     return np.concatenate(xs), np.concatenate(ys).astype(float)
 
 
+def calibrated(x: np.ndarray, a: float, b: float) -> np.ndarray:
+    """The engine's relevance map (``core_rerank.scoring.relevance``) over an array of raw scores."""
+    return np.array([relevance(float(v), a, b) for v in x])
+
+
+def part_reliability(qs: list[Q], a: float, b: float):
+    """Reliability of the map (a, b) over the documents of ``qs`` (None when they hold no finite score)."""
+    if not qs:
+        return None
+    x, y = calibration_data(qs, features)
+    return reliability(calibrated(x, a, b).tolist(), y.astype(int).tolist()) if len(x) else None
+
+
 # ------------------------------------------------------------------ main
 def analyze(args) -> None:
     work = args.work
@@ -284,7 +298,7 @@ def analyze(args) -> None:
             x, y = calibration_data(qs, feat)
             if not len(x):
                 continue
-            p = np.clip(1 / (1 + np.exp(-np.clip(af * x + bf, -40, 40))), 1e-6, 1 - 1e-6)
+            p = np.clip(calibrated(x, af, bf), 1e-6, 1 - 1e-6)
             ll = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
             row[part] = {"ece": round(reliability(p.tolist(), y.astype(int).tolist()).ece, 4), "log_loss": round(ll, 4)}
         report["calibration_features"][fname] = row
@@ -295,20 +309,18 @@ def analyze(args) -> None:
     a, b = fit_logistic(xtr, ytr)
     report["calibration"] = {"feature": "raw core score", "a": a, "b": b, "train_docs": len(xtr)}
     for part, qs in (("train", train), ("dev", dev), ("test", test)):
-        x, y = calibration_data(qs, features)
-        if not len(x):
+        rel = part_reliability(qs, a, b)
+        if rel is None:
             continue
-        p = 1 / (1 + np.exp(-np.clip(a * x + b, -40, 40)))
-        rel = reliability(p.tolist(), y.astype(int).tolist())
         report["calibration"][part] = rel.to_dict()
-        print(f"calibration {part}: ECE {rel.ece:.4f}, P {rel.precision} R {rel.recall} over {len(x)} docs")
+        print(f"calibration {part}: ECE {rel.ece:.4f}, P {rel.precision} R {rel.recall} over {rel.documents} docs")
         # per data set: is the map comparable across sets (different list sizes and topics)?
         by = {}
         for q in qs:
             by.setdefault(q.ds, []).append(q)
         for ds, group in sorted(by.items()):
             xg, yg = calibration_data(group, features)
-            pg = 1 / (1 + np.exp(-np.clip(a * xg + b, -40, 40)))
+            pg = calibrated(xg, a, b)
             report["calibration"].setdefault(f"{part}_by_dataset", {})[ds] = {
                 "mean_relevance": round(float(pg.mean()), 4),
                 "frac_relevant": round(float(yg.mean()), 4),
@@ -395,25 +407,17 @@ def compare_models(work: Path, default_test: list[Q], default_ms: dict, default_
                     "by_dataset_vs_first_stage": {k: _mean_se_round(v) for k, v in sorted(diff_ds.items())},
                 }
         timing = _read_json(RESULTS / f"quality_test_{TIMING_FILES.get(sub.name, sub.name)}.json")
-        calibration = None
-        bundled = _bundled_relevance(sub.name)
-        if bundled is not None and not train:  # fitted by `core-rerank calibrate` (one pass per training query)
-            a, b = bundled["a"], bundled["b"]
-            calibration = {"a": a, "b": b, "fitted_on": bundled.get("fitted_on"), "source": "bundled head list"}
-            for part, qs in (("dev", dev), ("test", test)):
-                xp, yp = calibration_data(qs, features)
-                if len(xp):
-                    p = 1 / (1 + np.exp(-np.clip(a * xp + b, -40, 40)))
-                    calibration[part] = reliability(p.tolist(), yp.astype(int).tolist()).to_dict()
+        calibration, bundled = None, _bundled_relevance(sub.name)
         if train:
             x, y = calibration_data(train, features)
             a, b = fit_logistic(x, y)
             calibration = {"a": a, "b": b, "train_docs": len(x), "train_queries": len(train)}
-            for part, qs in (("train", train), ("dev", dev), ("test", test)):
-                xp, yp = calibration_data(qs, features)
-                if len(xp):
-                    p = 1 / (1 + np.exp(-np.clip(a * xp + b, -40, 40)))
-                    calibration[part] = reliability(p.tolist(), yp.astype(int).tolist()).to_dict()
+        elif bundled is not None:  # fitted by `core-rerank calibrate` (one pass per training query)
+            a, b = bundled["a"], bundled["b"]
+            calibration = {"a": a, "b": b, "fitted_on": bundled.get("fitted_on"), "source": "bundled head list"}
+        for part, qs in (("train", train), ("dev", dev), ("test", test)) if calibration else ():
+            if (rel := part_reliability(qs, a, b)) is not None:
+                calibration[part] = rel.to_dict()
         out[sub.name] = {
             "fusion_weight": w,
             "fusion_dev_grid": dev_grid,
