@@ -20,6 +20,7 @@ from core_rerank.scoring import relevance
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+FUSION_GRID = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]  # fusion weights tried on dev (0 = attention alone)
 
 
 # ----------------------------------------------------------------- metrics
@@ -220,7 +221,7 @@ def analyze(args) -> None:
     report: dict = {"bias_by_distance": [round(float(b), 4) for b in bias[:20]], "parts": {}}
 
     # Fusion weight chosen on dev, per first stage kind (z-scored scores; 0 = attention alone).
-    grid = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
+    grid = FUSION_GRID
     chosen_w = {}
     for pool in ("bm25", "dense"):
         dq = [q for q in dev if q.pool == pool]
@@ -358,12 +359,11 @@ TIMING_FILES = {"qwen2.5-coder-1.5b-instruct": "qwen15", "qwen2.5-coder-0.5b-ins
 
 def compare_models(work: Path, default_test: list[Q], default_ms: dict, default_w: float) -> dict:
     """Per other model: the key methods on its test queries (fusion weight chosen on ITS dev queries when
-    enough were collected, else the default's), each paired with the first-stage order and with the default model's same
-    method on the same queries."""
+    enough were collected, else the default's ``default_w``), each paired with the first-stage order and with the
+    default model's same method (``default_ms``, its fused entry at ``default_w``) on the same queries."""
     out = {}
     default_by = {name: evaluate(default_test, default_ms[name][0]) for name in MODEL_METHODS}
-    default_by["core + first-stage scores"] = evaluate(default_test, fused(default_ms["core"][0], default_w))
-    grid = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
+    grid = FUSION_GRID
     for sub in sorted(p for p in work.iterdir() if p.is_dir() and any(p.glob("test*.pkl"))):
         test, dev, train = (queries(load(sub, part)) for part in ("test", "dev", "train"))
         att = lambda q: q.sets("fs", "core")
