@@ -141,6 +141,12 @@ def serve(
         int, typer.Option(min=1, help="Requests scored at once (one model runs one forward pass at a time).")
     ] = 1,
     max_queue: Annotated[int, typer.Option(min=0, help="Requests that may wait; one more gets 429 Overloaded.")] = 16,
+    max_batch_requests: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Waiting requests with the same documents scored together in one pass (1: no batching)."
+        ),
+    ] = 8,
     max_client_batch_size: Annotated[
         int, typer.Option(min=1, help="Most documents in one request (422 beyond).")
     ] = DEFAULT_MAX_DOCUMENTS,
@@ -187,6 +193,7 @@ def serve(
             heads=heads,
             max_concurrent_requests=max_concurrent_requests,
             max_queue=max_queue,
+            max_batch_requests=max_batch_requests,
             max_client_batch_size=max_client_batch_size,
             max_doc_tokens=max_doc_tokens,
             timeout=timeout or None,

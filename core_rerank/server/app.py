@@ -3,7 +3,8 @@
 ``create_app(settings, engine)`` builds an app; uvicorn serves it (``core-rerank serve``), and Ray Serve can wrap
 the same app with ``@serve.ingress``. Requests pass, in order: the API key (401), the body limit (413), JSON and
 field validation (422, 400 for an empty list), the model's readiness (503), the queue (429), scoring on a worker
-thread (504 past ``timeout``). No input produces a 500.
+thread (504 past ``timeout``); waiting requests that share their documents are scored together (one
+``rank_batch`` call, ``max_batch_requests``), each still answered on its own. No input produces a 500.
 """
 
 from __future__ import annotations
@@ -69,8 +70,11 @@ def create_app(
     scheduler = Scheduler(
         settings.max_concurrent_requests,
         settings.max_queue,
+        max_batch=settings.max_batch_requests,
+        run_batch=service.run_batch,
         on_queue_time=metrics.queue_time.observe,
         on_run_time=metrics.inference_time.observe,
+        on_batch_size=metrics.batch_size.observe,
     )
     starting = threading.Lock()
     started = False
@@ -224,7 +228,13 @@ def create_app(
         service.require_ready()
         gone = asyncio.ensure_future(until_disconnected(request.receive))
         try:
-            scored = await scheduler.run(lambda: service.run(job), timeout=settings.timeout, abandon=gone)
+            scored = await scheduler.run(
+                lambda: service.run(job),
+                timeout=settings.timeout,
+                abandon=gone,
+                key=service.batch_key(job),
+                item=job,
+            )
         except Overloaded as exc:
             raise ApiError(
                 429, "Overloaded", f"the server is overloaded: {exc}", {"Retry-After": str(exc.retry_after)}

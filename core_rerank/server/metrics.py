@@ -3,7 +3,8 @@
 Names (all prefixed ``core_rerank_``): ``requests_total{endpoint,status}``, ``request_failures_total{endpoint,
 reason}`` (reason = the answer's ``error_type``), ``queue_depth`` and ``requests_running`` (gauges read at scrape
 time), ``queue_duration_seconds``, ``inference_duration_seconds`` and ``request_duration_seconds{endpoint}``
-(histograms), ``documents_total`` and ``document_tokens_total`` (documents and their tokens scored),
+(histograms), ``batch_size`` (requests each run on a worker answered: 1 alone, more for requests sharing their
+documents), ``documents_total`` and ``document_tokens_total`` (documents and their tokens scored),
 ``model_ready`` (0 while loading) and ``model_info`` (model, heads, dtype, device).
 """
 
@@ -21,6 +22,7 @@ ENDPOINTS = ("/rerank", "/v1/rerank", "/v2/rerank", "/health", "/info", "/metric
 
 # Seconds: a forward pass of a 20-document list takes ~0.1 s on a GPU and 1-5 s on a small CPU.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 
 class Metrics:
@@ -54,6 +56,12 @@ class Metrics:
             "core_rerank_inference_duration_seconds",
             "Time scoring a request took on its worker",
             buckets=_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "core_rerank_batch_size",
+            "Requests each run on a worker answered (1: alone; more: requests sharing their documents, batched)",
+            buckets=_BATCH_BUCKETS,
             registry=reg,
         )
         self.request_time = Histogram(

@@ -19,6 +19,7 @@ from .wire import RerankJob, Scored
 
 if TYPE_CHECKING:
     from ..reranker import Reranker
+    from ..results import RankedResults
 
 __all__ = ["RerankService"]
 
@@ -114,17 +115,54 @@ class RerankService:
         """The per-document token budget a job is scored with (a request may lower the server's, not raise it)."""
         return min(job.max_doc_tokens or self.max_doc_tokens, self.max_doc_tokens)
 
-    def run(self, job: RerankJob) -> Scored:
-        """Score a job (blocking: a worker thread runs it): every document's result, best first."""
+    def _engine(self, budget: int) -> Reranker:
         rr = self.require_ready()
-        budget = self.budget(job)
         if budget != rr.max_doc_tokens:
             rr = copy.copy(rr)  # shares the loaded model; only this request's settings differ
             rr.max_doc_tokens = budget
+        return rr
+
+    def run(self, job: RerankJob) -> Scored:
+        """Score a job (blocking: a worker thread runs it): every document's result, best first."""
+        budget = self.budget(job)
+        rr = self._engine(budget)
         try:
             results = rr.rank(job.query, job.texts, show_progress_bar=False)
         except CoreRerankError as exc:
             raise from_engine_error(exc) from None
+        return self._scored(job, results, budget, rr)
+
+    def batch_key(self, job: RerankJob) -> tuple:
+        """Jobs with equal keys can be scored together by :meth:`run_batch`: the same documents, budget and
+        ``truncate``."""
+        return (job.documents_key, self.budget(job), job.truncate)
+
+    def run_batch(self, jobs: list[RerankJob]) -> list[Scored | ApiError]:
+        """Score jobs of one :meth:`batch_key` together (blocking): one ``rank_batch`` call over their shared
+        documents runs the documents' part of the prompt once. Each job gets what :meth:`run` gives it (its
+        results, or its own :class:`ApiError`): if the engine refuses the batch, every job is run alone, so one
+        job's error never becomes another's."""
+        budget = self.budget(jobs[0])
+        rr = self._engine(budget)
+        try:
+            batched = rr.rank_batch([job.query for job in jobs], jobs[0].texts, show_progress_bar=False)
+        except CoreRerankError:
+            return [self._alone(job) for job in jobs]
+        out: list[Scored | ApiError] = []
+        for job, results in zip(jobs, batched):
+            try:
+                out.append(self._scored(job, results, budget, rr))
+            except ApiError as exc:
+                out.append(exc)
+        return out
+
+    def _alone(self, job: RerankJob) -> Scored | ApiError:
+        try:
+            return self.run(job)
+        except ApiError as exc:
+            return exc
+
+    def _scored(self, job: RerankJob, results: RankedResults, budget: int, rr: Reranker) -> Scored:
         if not job.truncate:
             cut = sorted(r.index for r in results if r.truncated)
             if cut:

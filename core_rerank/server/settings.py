@@ -30,6 +30,9 @@ class ServerSettings:
         max_concurrent_requests: requests scored at once (worker threads). One model runs one forward pass at a
             time, so more than 1 only overlaps the tokenization of one request with another's forward pass.
         max_queue: requests that may wait for a worker; one more gets ``429 Overloaded`` with ``Retry-After``.
+        max_batch_requests: most waiting requests one worker scores together when they share their documents (the
+            same texts, budget and ``truncate``), as one ``Reranker.rank_batch`` call; ``1`` scores every request
+            alone.
         max_client_batch_size: most documents in one request (422 beyond; also the reranker's ``max_documents``).
         max_doc_tokens: per-document token budget: longer documents are cut, as ``Reranker(max_doc_tokens=)``
             does. A request may lower it (``max_tokens_per_doc``), never raise it.
@@ -43,6 +46,7 @@ class ServerSettings:
     heads: str | None = None
     max_concurrent_requests: int = 1
     max_queue: int = 16
+    max_batch_requests: int = 8
     max_client_batch_size: int = DEFAULT_MAX_DOCUMENTS
     max_doc_tokens: int = 400
     timeout: float | None = 60.0
@@ -53,6 +57,7 @@ class ServerSettings:
         for name, low in (
             ("max_concurrent_requests", 1),
             ("max_queue", 0),
+            ("max_batch_requests", 1),
             ("max_client_batch_size", 1),
             ("max_doc_tokens", 1),
             ("payload_limit", 1),
