@@ -483,7 +483,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel("latency of accepted requests (s)")
     ax.set_title("accepted requests (200)")
     ax.legend(fontsize=8)
-    for key, style in (("p50", "o-"), ("max", "^:")):
+    for key, style in (("p50", "o-"), ("p99", "s--"), ("max", "^:")):
         bx.plot(cs, [1000 * (lv["latency_429_s"].get(key) or float("nan")) for lv in levels], style,
                 label=f"{key} (429)")  # fmt: skip
     bx.axhline(50, color="grey", lw=1, label="target: 50 ms")
