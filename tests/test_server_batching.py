@@ -13,7 +13,7 @@ from conftest import SANITY_DOCS, SANITY_QUERIES
 from server_harness import WAIT_S, Gate, httpx, metric, running, wait_for  # skips without the [server] extra
 
 from core_rerank.server import ServerSettings, create_app
-from core_rerank.server.scheduler import Abandoned, Scheduler
+from core_rerank.server.scheduler import Abandoned, Scheduler, TimedOut
 
 SCORE_ATOL = 1e-4
 
@@ -35,18 +35,18 @@ class Worker:
         self.batches.append(list(items))
         return [self.outcome(item) for item in items]
 
-    async def request(self, key, item, abandon=None):
-        return await self.scheduler.run(lambda: f"alone {item}", key=key, item=item, abandon=abandon, timeout=WAIT_S)
+    async def request(self, key, item, abandon=None, timeout=WAIT_S):
+        return await self.scheduler.run(lambda: f"alone {item}", key=key, item=item, abandon=abandon, timeout=timeout)
 
     async def hold_the_slot(self):
         first = asyncio.ensure_future(self.scheduler.run(lambda: self.hold.wait(WAIT_S) and "held"))
         await self.until(lambda: self.scheduler.running == 1)
         return first
 
-    async def queue(self, key, item, abandon=None):
+    async def queue(self, key, item, abandon=None, timeout=WAIT_S):
         """A request that waits in the queue (its place known before the next one is sent)."""
         before = self.scheduler.waiting
-        task = asyncio.ensure_future(self.request(key, item, abandon))
+        task = asyncio.ensure_future(self.request(key, item, abandon, timeout))
         await self.until(lambda: self.scheduler.waiting == before + 1)
         return task
 
@@ -146,6 +146,31 @@ def test_a_request_whose_client_left_is_not_taken_into_a_batch():
 
     w, answers = asyncio.run(main())
     assert w.batches == [["a1", "a3"]] and answers == ["batched a1", "batched a3"]
+
+
+def test_a_request_whose_deadline_passes_during_its_batch_times_out_alone():
+    batch_may_end = threading.Event()
+
+    def outcome(item):
+        assert batch_may_end.wait(WAIT_S)
+        return f"ok {item}"
+
+    async def main():
+        w = Worker(max_batch=8, outcome=outcome)
+        first = await w.hold_the_slot()
+        a1 = await w.queue("A", "a1")
+        a2 = await w.queue("A", "a2", timeout=2.0)  # its deadline passes while the batch (held) runs
+        w.free()
+        await first
+        with pytest.raises(TimedOut) as late:
+            await a2
+        batch_may_end.set()
+        answer = await a1
+        await w.until(lambda: w.scheduler.running == 0)  # the batch's slot is given back once it ends
+        return w, late.value.stage, answer
+
+    w, stage, answer = asyncio.run(main())
+    assert w.batches == [["a1", "a2"]] and stage == "inference" and answer == "ok a1"
 
 
 # ---------------------------------------------------------------- the server: one rank_batch per batch
