@@ -363,9 +363,11 @@ class Reranker:
             out.append(self.rank(query, docs, top_n, min_score, first_stage_scores=firsts[qi], show_progress_bar=False))
         return out
 
-    def attention_signals(self, query: str, texts: Sequence[str]) -> WindowSignals:
+    def attention_signals(self, query: str, texts: Sequence[str], *, query_rows: bool = False) -> WindowSignals:
         """Per-head attention signals of one prompt holding ``texts`` in the given order (no
         truncation, no windowing): the raw material of scoring and of head detection.
+        ``query_rows``: also keep each query token's own attention row (``signals.query_rows``), the material
+        of query-token weighting (:func:`core_rerank.scoring.query_token_weights`).
 
         Raises :class:`~core_rerank.ContextLengthError` when the prompt exceeds ``max_tokens``.
         """
@@ -375,7 +377,7 @@ class Reranker:
                 f"the prompt is {window.length} tokens, over max_tokens={self.max_tokens}: pass fewer or shorter "
                 "texts, or raise max_tokens"
             )
-        signals = self._signals([window])[0]
+        signals = self._signals([window], keep_query_rows=query_rows)[0]
         return WindowSignals(**{f.name: getattr(window, f.name) for f in fields(window)}, signals=signals)
 
     def __repr__(self) -> str:
@@ -455,7 +457,7 @@ class Reranker:
             [spans_r(s) for s in real.doc_spans],
         )
 
-    def _signals(self, windows: Sequence[_Window]) -> list[HeadSignals]:
+    def _signals(self, windows: Sequence[_Window], keep_query_rows: bool = False) -> list[HeadSignals]:
         """Signals of prompts over the same placed documents that differ only in their query (one per
         query): the shared prefix and the N/A suffix run once, then each query's suffix."""
         null = windows[0]
@@ -469,6 +471,7 @@ class Reranker:
                 PromptTokens(null.ids_null, null.null_rows),
                 max((b for w in windows for _, b in w.doc_spans), default=0),
                 model_name=self.model_id,
+                keep_query_rows=keep_query_rows,
             )
 
     def _placed(self, docs: list[_Doc]) -> list[_Doc]:

@@ -102,9 +102,10 @@ def shared_data(name: str) -> Path:
     return path
 
 
-def eager_reference_rows(rr, ids, rows):
+def eager_reference_rows(rr, ids, rows, mean: bool = True):
     """Mean attention rows over token range ``rows`` for every (layer, head) of ``rr``'s model, from an
-    independent eager load of the same weights (same depth) with ``output_attentions=True``."""
+    independent eager load of the same weights (same depth) with ``output_attentions=True``: (layers, heads,
+    keys), or with ``mean=False`` every row, (layers, heads, rows, keys)."""
     import torch
     from transformers import AutoConfig, AutoModel
 
@@ -119,7 +120,8 @@ def eager_reference_rows(rr, ids, rows):
     with torch.inference_mode():
         att = model.eval()(input_ids=torch.tensor([ids]), output_attentions=True).attentions
     assert att and len(att) == config.num_hidden_layers and att[0] is not None, "eager returned no attentions"
-    return torch.stack([a[0, :, rows[0] : rows[1], :].mean(dim=1) for a in att])
+    picked = [a[0, :, rows[0] : rows[1], :] for a in att]
+    return torch.stack([p.mean(dim=1) for p in picked] if mean else picked)
 
 
 def assert_signals_match_eager(rr, query, docs, atol=1e-4):
