@@ -91,6 +91,36 @@ def per_head_scores(signals, spans):
     return qm.astype("float32"), nm.astype("float32"), cal.astype("float32")
 
 
+def candidates(ds, qid: str, first: dict, dense) -> dict | None:
+    """One query's record: its text, labels and both first stages' scores over its candidate pool (None when
+    the pool is empty). ``first``: the data set's first-stage candidates; ``dense``: a DenseScorer."""
+    c = first.get(qid)
+    ids = [d for d in (c.doc_ids if c else []) if d in ds.corpus]
+    if not ids:
+        return None
+    query = ds.queries[qid]
+    dn = dict(zip(ids, dense.score(query, [ds.doc_text(d) for d in ids])))
+    bm = {d: s for d, s in zip(c.doc_ids, c.scores) if d in ds.corpus}
+    return {"query": query, "qrels": dict(ds.qrels.get(qid, {})), "bm25": bm, "dense": dn}
+
+
+def pool_order(pool: str, rec: dict) -> list[str]:
+    """The top DEPTH candidates of a pool, best first: BM25's own order, or the pool re-ordered by dense score."""
+    ids = list(rec["bm25"])
+    return ids[:DEPTH] if pool == "bm25" else sorted(ids, key=lambda d: -rec["dense"][d])[:DEPTH]
+
+
+def placement(place: str, n: int, seed: str) -> list[int]:
+    """Which first-stage index goes to each prompt position (position 0 = farthest from the query)."""
+    if place == "fs":
+        return list(range(n))[::-1]
+    if place == "rev":
+        return list(range(n))
+    perm = list(range(n))
+    random.Random(seed).shuffle(perm)
+    return perm
+
+
 def collect(args) -> None:
     import torch
 
@@ -132,28 +162,17 @@ def collect(args) -> None:
         key = (ds.name, qid)
         if key in store and "sets" in next(iter(store[key]["pools"].values()), {}):
             continue
-        c = cands.get(qid)
-        ids = [d for d in (c.doc_ids if c else []) if d in ds.corpus]
-        if not ids:
+        rec = candidates(ds, qid, cands, dense)
+        if rec is None:
             continue
-        bm = dict(zip(c.doc_ids, c.scores))
-        texts = {d: ds.doc_text(d) for d in ids}
-        query = ds.queries[qid]
-        ds_scores = dense.score(query, [texts[d] for d in ids])
-        dn = dict(zip(ids, ds_scores))
-        rec = {"query": query, "qrels": dict(ds.qrels.get(qid, {})), "bm25": bm, "dense": dn, "pools": {}}
+        texts = {d: ds.doc_text(d) for d in rec["bm25"]}
+        query = rec["query"]
+        rec["pools"] = {}
         for pool, places in pools.items():
-            order = ids[:DEPTH] if pool == "bm25" else sorted(ids, key=lambda d: -dn[d])[:DEPTH]
+            order = pool_order(pool, rec)
             docs = rr._prepare([texts[d] for d in order])
             for place in places:
-                if place == "fs":
-                    placed = list(range(len(order)))[::-1]
-                elif place == "rev":
-                    placed = list(range(len(order)))
-                else:
-                    perm = list(range(len(order)))
-                    random.Random(f"{ds.name}/{qid}/{pool}").shuffle(perm)
-                    placed = perm
+                placed = placement(place, len(order), f"{ds.name}/{qid}/{pool}")
                 sig = rr.attention_signals(query, [docs[i].scored_text for i in placed])
                 qm, nm, cal = per_head_scores(sig.signals, sig.doc_spans)
                 sets = {

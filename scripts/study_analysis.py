@@ -718,6 +718,57 @@ def render_windows(w: dict | None) -> list[str]:
     return lines
 
 
+def render_token_weights(tw: dict | None) -> list[str]:
+    """Query- and document-token weighting (scripts/token_weight_study.py): dev chooses, test reports."""
+    if not tw:
+        return []
+    lines = [
+        "## Token weighting (ReAttn-style, arXiv 2602.19969)",
+        "",
+        "Each query token's own attention row is kept (`Reranker.attention_signals(query_rows=True)`) and the query",
+        "signal becomes a weighted mean of the rows instead of the plain mean: `q-entropy` weights a token by",
+        "1 - H/log n of its attention over the n candidates (0 when it attends alike to every document), `q-idf` by",
+        "log(n / df) (df = documents drawing at least an even share); `d-idf` scales each document token by its",
+        "cross-candidate IDF. Nothing is fitted. Default model, bundled CoRe heads, the protocol above;",
+        "`scripts/token_weight_study.py` (core_rerank/research/token_weighting.py).",
+        "",
+    ]
+    for part in ("dev", "test"):
+        res = tw.get(part)
+        if not res:
+            continue
+        cost = res["cost_per_pass"]
+        lines += [
+            f"### {part.capitalize()} ({res['queries']} queries): nDCG@10, difference to the plain mean ± s.e.",
+            "",
+            "| variant | " + " | ".join(res["cells"]) + " |",
+            "|---|" + "---:|" * len(res["cells"]),
+        ]
+        labels = list(next(iter(res["cells"].values())))
+        for label in labels:
+            cells = []
+            for cell in res["cells"].values():
+                r = cell.get(label)
+                if r is None:
+                    cells.append("-")
+                elif label in ("plain", "first stage order"):
+                    cells.append(f"{r['ndcg']:.3f}")
+                else:
+                    cells.append(f"{r['ndcg']:.3f} ({r['vs_plain'][0]:+.3f} ± {r['vs_plain'][1]:.3f})")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        alone = [v for v in labels if v not in ("plain", "first stage order") and "+ first stage" not in v]
+        gain = {v: statistics.fmean(c[v]["vs_plain"][0] for c in res["cells"].values()) for v in alone}
+        best = max(gain, key=gain.get)
+        lines += [
+            "",
+            f"Cost: {cost['plain_s']:.1f} s per plain pass, {cost['rows_and_weights_s']:.1f} s keeping the rows and",
+            f"scoring every variant (paired, first passes; 2 shared cores). Mean gain over plain across the cells:"
+            f" best {best} {gain[best]:+.3f}.",
+            "",
+        ]
+    return lines
+
+
 def render(report: dict, counts: dict) -> str:
     """docs/retriever_study.md from the study's JSON (a pure function of it)."""
     lines = [
@@ -770,6 +821,7 @@ def render(report: dict, counts: dict) -> str:
     lines += render_targets(report)
     lines += render_models(report)
     lines += render_windows(_read_json(RESULTS / "window_study.json"))
+    lines += render_token_weights(_read_json(RESULTS / "token_weight_study.json"))
     cal = report.get("calibration", {})
     if cal:
         lines += [
