@@ -239,7 +239,9 @@ def serve(
 
     hf_logging.disable_progress_bar()  # a server's log gets a line when the model is ready, not a progress bar
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, on_load_failure=stop), host=host, port=port, log_level=log_level)
+        uvicorn.Config(
+            create_app(settings, on_load_failure=stop, freeze_heap=True), host=host, port=port, log_level=log_level
+        )
     )
     server.run()
     if failed:

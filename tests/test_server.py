@@ -288,6 +288,24 @@ def test_health_is_503_until_the_model_is_loaded(default_rr):
         assert r.status_code == 200 and r.json()["results"][0]["index"] == RELEVANT
 
 
+def test_a_serving_process_freezes_its_heap_once_the_model_is_loaded(default_rr):
+    """The loaded model's objects leave the cyclic collector's sight (gc.freeze), so a full collection no longer
+    walks them and stalls the event loop; a host application that imports the app keeps its heap as it is."""
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    with running(create_app(ServerSettings(), default_rr)) as base:
+        assert post(base, "/v2/rerank", {"query": QUERY, "documents": SANITY_DOCS}).status_code == 200
+        assert gc.get_freeze_count() == 0
+    try:
+        with running(create_app(ServerSettings(), default_rr, freeze_heap=True)) as base:
+            assert gc.get_freeze_count() > 100_000  # torch, transformers and the model's modules
+            r = post(base, "/v2/rerank", {"query": QUERY, "documents": SANITY_DOCS})
+            assert r.status_code == 200 and r.json()["results"][0]["index"] == RELEVANT
+    finally:
+        gc.unfreeze()
+
+
 def test_without_lifespan_events_the_first_request_starts_loading(default_rr):
     """An ASGI server that runs no start-up events (lifespan off) still gets the model: the first request starts
     the load."""

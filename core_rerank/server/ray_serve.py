@@ -125,7 +125,7 @@ def _deployment_class() -> type:
         def __serve_build_asgi_app__(self) -> Any:
             from .app import create_app
 
-            app = create_app(self.settings, self.reranker)
+            app = create_app(self.settings, self.reranker, freeze_heap=True)
             return replica_header(self.replica)(app)
 
     return CoreRerank
