@@ -347,6 +347,9 @@ def test_a_full_queue_answers_429_with_retry_after(default_rr):
         body = assert_error(r, 429, "Overloaded")
         assert int(r.headers["retry-after"]) >= 1 and "queue is full" in body["error"]
         assert_error(post(base, "/rerank", {"query": "fourth", "texts": SANITY_DOCS}), 429, "Overloaded")
+        # Refused before its body is read: under overload even a malformed request costs no parsing, and learns
+        # what is wrong with it once it gets a place.
+        assert_error(post(base, "/v1/rerank", {"query": "fifth", "documents": "not a list"}), 429, "Overloaded")
         assert gate.calls == ["first"]
         gate.open()
         assert first.result().status_code == 200
@@ -356,6 +359,7 @@ def test_a_full_queue_answers_429_with_retry_after(default_rr):
         assert gate.calls == ["first", QUERY]  # the refused ones were never scored
         assert metric(base, "core_rerank_request_failures_total", 'endpoint="/v2/rerank",reason="Overloaded"') == 1
         assert metric(base, "core_rerank_requests_total", 'endpoint="/v2/rerank",status="429"') == 1
+        assert metric(base, "core_rerank_requests_total", 'endpoint="/v1/rerank",status="429"') == 1
         assert metric(base, "core_rerank_queue_depth") == 0
 
 

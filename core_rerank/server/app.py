@@ -188,6 +188,9 @@ def create_app(
 
     app.add_middleware(Observe)
 
+    def overloaded(exc: Overloaded) -> ApiError:
+        return ApiError(429, "Overloaded", f"the server is overloaded: {exc}", {"Retry-After": str(exc.retry_after)})
+
     # ------------------------------------------------------------------ authentication, body
     def authenticate(request: Request) -> None:
         if settings.api_key is None:
@@ -219,6 +222,14 @@ def create_app(
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise validation(f"the request body is not valid JSON: {exc}") from None
 
+    def shed() -> None:
+        """Refuse at once, before the body is read, while every worker is busy and the queue is full (429): under
+        overload the excess costs the server next to nothing. A request refused this way is not validated."""
+        try:
+            scheduler.shed()
+        except Overloaded as exc:
+            raise overloaded(exc) from None
+
     async def until_disconnected(receive: Callable) -> None:
         """Completes when the client disconnects (the body is read already, so the next message is that)."""
         while (await receive())["type"] != "http.disconnect":
@@ -246,9 +257,7 @@ def create_app(
                 item=job,
             )
         except Overloaded as exc:
-            raise ApiError(
-                429, "Overloaded", f"the server is overloaded: {exc}", {"Retry-After": str(exc.retry_after)}
-            ) from None
+            raise overloaded(exc) from None
         except TimedOut as exc:
             raise ApiError(
                 504,
@@ -274,6 +283,7 @@ def create_app(
 
     @app.post("/rerank", dependencies=protected, summary="TEI (texts) or Infinity (documents) re-ranking")
     async def rerank_tei_or_infinity(request: Request) -> JSON:
+        shed()
         body = await read_json(request)
         if isinstance(body, dict) and "texts" not in body and "documents" in body:
             return await rerank(request, parse(InfinityRequest, body))
@@ -281,10 +291,12 @@ def create_app(
 
     @app.post("/v1/rerank", dependencies=protected, summary="Jina / Cohere v1 / vLLM re-ranking")
     async def rerank_v1(request: Request) -> JSON:
+        shed()
         return await rerank(request, parse(CohereV1Request, await read_json(request)))
 
     @app.post("/v2/rerank", dependencies=protected, summary="Cohere v2 re-ranking")
     async def rerank_v2(request: Request) -> JSON:
+        shed()
         return await rerank(request, parse(CohereV2Request, await read_json(request)))
 
     @app.get("/health", summary="200 once the model is loaded, 503 before (public)")

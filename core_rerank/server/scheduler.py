@@ -120,6 +120,13 @@ class Scheduler:
         """Slots in use now (including work whose request already timed out: the thread is still busy)."""
         return self._running
 
+    def shed(self) -> None:
+        """Raise :class:`Overloaded` now if a request arriving now could not even wait: every slot busy and the
+        queue full. A server calls it before reading a request's body, so refusing costs next to nothing (no
+        parsing or validation competing with the scoring thread for the CPU and the GIL); ``run`` checks again."""
+        if self._running >= self.slots and len(self._waiting) >= self.max_queue:
+            raise Overloaded(self.retry_after())
+
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained by one place: the waiting work's expected run time."""
         return max(1, math.ceil(self._mean_run * (len(self._waiting) + 1) / self.slots))
