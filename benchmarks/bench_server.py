@@ -496,7 +496,8 @@ def plot(result: dict, path: Path) -> None:
     bx.legend(fontsize=8)
     m, cfg = result["machine"], result["config"]
     fig.suptitle(f"core-rerank serve, default model, {cfg['docs']} docs x {cfg['words']} words, "
-                 f"max_queue {result['config']['max_queue']}, 1 worker; {m['cpus']} CPU cores (shared), "
+                 f"max_queue {result['config']['max_queue']}, 1 worker; {m['cpus']} CPU cores (load average "
+                 f"{result['load_average']['after_levels'][0]:.1f} after the levels), "
                  f"torch threads: {m['torch_threads']}", fontsize=9)  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
