@@ -89,10 +89,10 @@ def create_app(
     def loaded() -> None:
         metrics.ready.set(1 if service.state == "ready" else 0)
         info = service.info()
-        if service.state == "ready" and freeze_heap:
-            gc.collect()  # garbage now is freed first; frozen objects are never collected
-            gc.freeze()
         if service.state == "ready":
+            if freeze_heap:
+                gc.collect()  # garbage now is freed first; frozen objects are never collected
+                gc.freeze()
             metrics.model.info(
                 {
                     "model": info["model"],

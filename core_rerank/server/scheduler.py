@@ -120,11 +120,16 @@ class Scheduler:
         """Slots in use now (including work whose request already timed out: the thread is still busy)."""
         return self._running
 
+    def _slot_free(self) -> bool:
+        """Whether a request arriving now takes a slot at once (one is free and nobody waits before it)."""
+        return self._running < self.slots and not self._waiting
+
     def shed(self) -> None:
-        """Raise :class:`Overloaded` now if a request arriving now could not even wait: every slot busy and the
-        queue full. A server calls it before reading a request's body, so refusing costs next to nothing (no
-        parsing or validation competing with the scoring thread for the CPU and the GIL); ``run`` checks again."""
-        if self._running >= self.slots and len(self._waiting) >= self.max_queue:
+        """Raise :class:`Overloaded` now if a request arriving now could not even wait: no slot free and the queue
+        full. This is the admission rule ``run`` applies; a server also calls it before reading a request's body,
+        so refusing costs next to nothing (no parsing or validation competing with the scoring thread for the CPU
+        and the GIL)."""
+        if not self._slot_free() and len(self._waiting) >= self.max_queue:
             raise Overloaded(self.retry_after())
 
     def retry_after(self) -> int:
@@ -208,11 +213,10 @@ class Scheduler:
         """Take a slot now (``None``), or wait in FIFO order for one (``None``) or for a place in another
         request's batch (that :class:`_Batch`); raise instead when the queue is full, the deadline passes or the
         client goes."""
-        if self._running < self.slots and not self._waiting:
+        if self._slot_free():
             self._running += 1
             return None
-        if len(self._waiting) >= self.max_queue:
-            raise Overloaded(self.retry_after())
+        self.shed()
         loop = asyncio.get_running_loop()
         self._waiting.append(me)
         turn = me.turn
