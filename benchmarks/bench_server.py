@@ -472,28 +472,29 @@ def plot(result: dict, path: Path) -> None:
     levels = result["levels"]
     cs = [lv["concurrency"] for lv in levels]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
-        ax.plot(cs, [lv["latency_200_s"].get(key) for lv in levels], style, label=f"{key} (200)")
+
+    def panel(axis, latency: str, scale: float, keys: tuple[str, ...], status: str, ylabel: str, title: str) -> None:
+        """One latency-against-concurrency panel: a line per quantile of ``latency`` (seconds x ``scale``)."""
+        for key, style in zip(keys, ("o-", "s--", "^:")):
+            axis.plot(cs, [scale * (lv[latency].get(key) or float("nan")) for lv in levels], style,
+                      label=f"{key} ({status})")  # fmt: skip
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(cs, [str(c) for c in cs])
+        axis.set_xlabel("concurrent clients")
+        axis.set_ylabel(ylabel)
+        axis.set_title(title)
+
+    panel(ax, "latency_200_s", 1.0, ("p50", "p95", "p99"), "200", "latency of accepted requests (s)",
+          "accepted requests (200)")  # fmt: skip
     single = result["overhead"]["server_median_s"]
     bound = (result["config"]["max_queue"] + 1) * single
     ax.axhline(bound, color="grey", lw=1, label=f"(max_queue + 1) x single = {bound:.1f} s")
     ax.axhline(result["overhead"]["in_process_median_s"], color="black", lw=0.8, ls="-.", label="in-process rank()")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(cs, [str(c) for c in cs])
-    ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("latency of accepted requests (s)")
-    ax.set_title("accepted requests (200)")
-    ax.legend(fontsize=8)
-    for key, style in (("p50", "o-"), ("p99", "s--"), ("max", "^:")):
-        bx.plot(cs, [1000 * (lv["latency_429_s"].get(key) or float("nan")) for lv in levels], style,
-                label=f"{key} (429)")  # fmt: skip
+    panel(bx, "latency_429_s", 1000.0, ("p50", "p99", "max"), "429", "latency of 429 answers (ms)",
+          "refused requests (429 Overloaded)")  # fmt: skip
     bx.axhline(50, color="grey", lw=1, label="target: 50 ms")
-    bx.set_xscale("log", base=2)
-    bx.set_xticks(cs, [str(c) for c in cs])
-    bx.set_xlabel("concurrent clients")
-    bx.set_ylabel("latency of 429 answers (ms)")
-    bx.set_title("refused requests (429 Overloaded)")
-    bx.legend(fontsize=8)
+    for axis in (ax, bx):
+        axis.legend(fontsize=8)
     m, cfg = result["machine"], result["config"]
     fig.suptitle(f"core-rerank serve, default model, {cfg['docs']} docs x {cfg['words']} words, "
                  f"max_queue {result['config']['max_queue']}, 1 worker; {m['cpus']} CPU cores (load average "
