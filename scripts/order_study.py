@@ -13,7 +13,8 @@ Placements (the engine's default ``order="reverse"`` applied to the input order)
 
 Data discipline: train = the detection part of SciFact train (75% of its queries, the same seeded split as
 head detection) + WikiQA train: fits calibration, position bias and fusion weights. dev = the held-out 25% of
-SciFact train + NFCorpus dev: every choice. test = the shared test splits: the tables only.
+SciFact train + NFCorpus dev + WikiQA dev (answer sentences, where BM25 is weak: the choices are not made on
+biomedical abstracts alone): every choice. test = the shared test splits: the tables only.
 """
 
 from __future__ import annotations
@@ -69,7 +70,12 @@ def parts(part: str, per_set: int, shard: int | None = None):
         sci = load_dataset(DATA / "scifact", "train")
         _, held = split_queries(sci.query_ids, 0.25, seed=0)
         nf = load_dataset(DATA / "nfcorpus_tokenized", "dev")
-        return [(sci, _select(held, per_set), PLACES), (nf, _select(nf.query_ids, per_set), PLACES)]
+        wiki = load_dataset(DATA / "wikiqa_tok", "dev")
+        return [
+            (sci, _select(held, per_set), PLACES),
+            (nf, _select(nf.query_ids, per_set), PLACES),
+            (wiki, _select(wiki.query_ids, per_set), PLACES),
+        ]
     out = []
     names = TEST_SETS if shard is None else TEST_SETS[shard::2]
     for name in names:
@@ -127,7 +133,7 @@ def collect(args) -> None:
     torch.set_num_threads(args.threads)
     from core_rerank.research.evaluation import DenseScorer, evaluation_reranker
 
-    suffix = "" if args.shard is None else f"-{args.shard}"
+    suffix = ("" if args.shard is None else f"-{args.shard}") + ("-" + "+".join(args.sets) if args.sets else "")
     work = model_work(args)
     out_path = work / f"{args.part}{suffix}.pkl"
     store = pickle.loads(out_path.read_bytes()) if out_path.is_file() else {}
@@ -145,7 +151,9 @@ def collect(args) -> None:
     for method in ("core", "qr") if heads == "all" else ("core",):
         set_rows[method] = [row[h] for h in find_bundled_head_list(rr.model_id, method).heads]
 
-    todo = parts(args.part, args.per_set, args.shard)
+    todo = [t for t in parts(args.part, args.per_set, args.shard) if not args.sets or t[0].name in args.sets]
+    if not todo:
+        raise SystemExit(f"--sets {args.sets}: none of the part's data sets")
     done = 0
     t0 = time.perf_counter()
     firsts = {ds.name: first_stage(ds)[0] for ds, _, _ in todo}
@@ -217,6 +225,7 @@ def main() -> None:
     p.add_argument("--write-calibration", action="store_true", help="analyze: store the fit in the bundled list")
     p.add_argument("--shard", type=int, choices=[0, 1], help="half the work, for 2 processes")
     p.add_argument("--work", type=Path, default=Path("/work/study"))
+    p.add_argument("--sets", nargs="+", help="collect: only these data sets of the part (WORK/<part>-<sets>.pkl)")
     p.add_argument("--model", default="default", help="collect: a packaged model name or id (CoRe heads only)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
