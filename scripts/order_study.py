@@ -13,8 +13,7 @@ Placements (the engine's default ``order="reverse"`` applied to the input order)
 
 Data discipline: train = the detection part of SciFact train (75% of its queries, the same seeded split as
 head detection) + WikiQA train: fits calibration, position bias and fusion weights. dev = the held-out 25% of
-SciFact train + NFCorpus dev + WikiQA dev (answer sentences, where BM25 is weak: the choices are not made on
-biomedical abstracts alone): every choice. test = the shared test splits: the tables only.
+SciFact train + NFCorpus dev: every choice. test = the shared test splits: the tables only.
 """
 
 from __future__ import annotations
@@ -70,12 +69,7 @@ def parts(part: str, per_set: int, shard: int | None = None):
         sci = load_dataset(DATA / "scifact", "train")
         _, held = split_queries(sci.query_ids, 0.25, seed=0)
         nf = load_dataset(DATA / "nfcorpus_tokenized", "dev")
-        wiki = load_dataset(DATA / "wikiqa_tok", "dev")
-        return [
-            (sci, _select(held, per_set), PLACES),
-            (nf, _select(nf.query_ids, per_set), PLACES),
-            (wiki, _select(wiki.query_ids, per_set), PLACES),
-        ]
+        return [(sci, _select(held, per_set), PLACES), (nf, _select(nf.query_ids, per_set), PLACES)]
     out = []
     names = TEST_SETS if shard is None else TEST_SETS[shard::2]
     for name in names:
