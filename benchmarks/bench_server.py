@@ -8,11 +8,14 @@ What it does, in one process (the client) against ``core-rerank serve`` subproce
 embedded default model, ``--max-concurrent-requests 1``):
 
 1. Requests. ``--pool`` distinct requests (fixed seed), each a query and ``--docs`` documents of ``--words`` words
-   (~150 tokens at 115 words): SciFact queries and abstracts from ``../shared/data/scifact`` when that directory is
+   (~200 tokens at 140 words): SciFact queries and abstracts from ``../shared/data/scifact`` when that directory is
    there, else the handbook entries of ``examples/data/handbook.jsonl`` joined into documents of the same length
-   (the JSON says which). Every request goes to ``POST /v2/rerank`` with ``raw_scores: true``.
-2. The in-process baseline: the same ``Reranker()`` in this process, with ``torch.set_num_threads(--threads)``; the
-   servers get ``OMP_NUM_THREADS=--threads`` (torch's intra-op threads), so both sides run the same thread count.
+   (the JSON says which). Every request goes to ``POST /v2/rerank`` with ``raw_scores: true`` and
+   ``max_tokens_per_doc: --doc-tokens`` (150): every document is cut to exactly that many tokens, so every request
+   costs about the same pass and the single-request latency is one number, not a mix of request sizes.
+2. The in-process baseline: the same ``Reranker(max_doc_tokens=--doc-tokens)`` in this process, with
+   ``torch.set_num_threads(--threads)``; the servers get ``OMP_NUM_THREADS=--threads`` (torch's intra-op threads),
+   so both sides run the same thread count.
    Its ``rank()`` of every pool request is the expected answer.
 3. Overhead at concurrency 1, paired: ``--blocks`` times, an in-process block (``rank()`` of each pool request) then a
    server block (the same requests, one at a time). Reported: median latencies, their ratio, and the median of the
@@ -20,10 +23,12 @@ embedded default model, ``--max-concurrent-requests 1``):
 4. Load levels (``--levels``, default 1 4 16 64 concurrent clients), on a server with ``--max-batch-requests 1``
    (every request scored alone: the scheduler's own behaviour; batching is step 5). Each client sends pool requests
    (seeded choice) back to back until the level has sent ``--level-requests`` requests or ``--level-seconds``
-   passed; requests in flight then finish (the level stops by itself). A 429 answer makes the client wait
-   ``--backoff`` seconds before its next request. Reported per level: throughput of 200s, p50/p95/p99 latency of
-   200s, counts of 200 / 429 / 5xx / other / lost (no HTTP answer), 429 latency (p50, p99, max), and mismatches:
-   every 200 is compared with the in-process ``rank()`` (same order, raw scores within 1e-4).
+   passed; requests in flight then finish (the level stops by itself). Clients start at seeded offsets within
+   ``--ramp`` seconds, and a 429 makes a client wait ``--backoff`` x U(0.5, 1.5) seconds (jittered, as retrying
+   clients do; ``--ramp 0`` starts all at once with a fixed wait, so refused clients retry in lockstep bursts).
+   Reported per level: throughput of 200s, p50/p95/p99 latency of 200s, counts of 200 / 429 / 5xx / other / lost
+   (no HTTP answer), 429 latency (p50, p99, max), and mismatches: every 200 is compared with the in-process
+   ``rank()`` (same order, raw scores within 1e-4).
 5. Batching (``--batch-queries k``): k concurrent requests, k different queries over one shared document list, to
    a server with ``--max-batch-requests k`` and to the one of step 4 (batching off), rounds interleaved (on, off,
    repeat). Reported: time per round, throughput, the gain (off / on, median of the paired rounds), and the same
@@ -77,10 +82,14 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 class Request:
     query: str
     documents: list[str]
+    doc_tokens: int | None = None  # sent as max_tokens_per_doc: every document cut to this many tokens
     expected: list[tuple[int, float]] = field(default_factory=list)  # in-process rank(): (index, raw score) best first
 
     def body(self) -> dict:
-        return {"model": "default", "query": self.query, "documents": self.documents, "raw_scores": True}
+        out = {"model": "default", "query": self.query, "documents": self.documents, "raw_scores": True}
+        if self.doc_tokens is not None:
+            out["max_tokens_per_doc"] = self.doc_tokens
+        return out
 
     @functools.cached_property
     def encoded(self) -> bytes:
@@ -112,7 +121,7 @@ def text_source(words: int) -> tuple[str, list[str], list[str]]:
     return "examples/data/handbook.jsonl: handbook entries joined", docs, HANDBOOK_QUERIES
 
 
-def build_requests(n: int, n_docs: int, words: int) -> tuple[str, list[Request]]:
+def build_requests(n: int, n_docs: int, words: int, doc_tokens: int | None = None) -> tuple[str, list[Request]]:
     source, docs, queries = text_source(words)
     rng = random.Random(SEED)
     out, seen = [], set()
@@ -122,7 +131,7 @@ def build_requests(n: int, n_docs: int, words: int) -> tuple[str, list[Request]]
         if key in seen:
             continue
         seen.add(key)
-        out.append(Request(queries[rng.randrange(len(queries))], picked))
+        out.append(Request(queries[rng.randrange(len(queries))], picked, doc_tokens))
     return source, out
 
 
@@ -307,15 +316,19 @@ def overhead(rr, server: Server, pool: list[Request], blocks: int, timeout: floa
 
 
 async def level(url: str, pool: list[Request], c: int, max_requests: int, seconds: float, backoff: float,
-                timeout: float) -> tuple[Tally, float]:  # fmt: skip
+                timeout: float, ramp: float = 0.0) -> tuple[Tally, float]:  # fmt: skip
+    """``c`` closed-loop clients; each starts at a seeded offset within ``ramp`` seconds and waits ``backoff`` x
+    U(0.5, 1.5) after a 429 (jittered, as retrying clients do: with a fixed wait the refused clients retry in
+    lockstep, a burst of up to ``c`` requests at once every ``backoff`` seconds). ``ramp=0``: all start at once."""
     tally = Tally()
 
     async def worker(w: int, cl, deadline: float) -> None:
         rng = random.Random(SEED * 1000 + c * 100 + w)
+        await asyncio.sleep(rng.uniform(0.0, ramp))
         while time.perf_counter() < deadline and tally.sent < max_requests:
             status = await send(cl, url, pool[rng.randrange(len(pool))], tally)
             if status == 429:
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(backoff * (rng.uniform(0.5, 1.5) if ramp > 0 else 1.0))
 
     # One connection pool for every simulated client, made before the clock starts: an httpx client builds an SSL
     # context when created (~20 ms of CPU each), and 64 of them made inside the level blocked this event loop for
@@ -359,9 +372,9 @@ def tally_summary(t: Tally, wall: float) -> dict:
     }
 
 
-def batching(rr, on: Server, off: Server, shared: list[str], queries: list[str], rounds: int, timeout: float) -> dict:
+def batching(rr, on: Server, off: Server, shared: Request, queries: list[str], rounds: int, timeout: float) -> dict:
     """k concurrent queries over one shared list, rounds interleaved: batching on, then off."""
-    reqs = [Request(q, shared) for q in queries]
+    reqs = [Request(q, shared.documents, shared.doc_tokens) for q in queries]
     for req in reqs:
         req.expected = expected_of(rr.rank(req.query, req.documents, show_progress_bar=False))
     tallies = {"on": Tally(), "off": Tally()}
@@ -382,7 +395,7 @@ def batching(rr, on: Server, off: Server, shared: list[str], queries: list[str],
     k = len(queries)
     return {
         "queries": k,
-        "documents": len(shared),
+        "documents": len(shared.documents),
         "rounds": rounds,
         "max_batch_requests_on": on.args["max_batch_requests"],
         "round_s": times,
@@ -499,7 +512,8 @@ def plot(result: dict, path: Path) -> None:
     for axis in (ax, bx):
         axis.legend(fontsize=8)
     m, cfg = result["machine"], result["config"]
-    fig.suptitle(f"core-rerank serve, default model, {cfg['docs']} docs x {cfg['words']} words, "
+    size = f"{cfg['doc_tokens']} tokens" if cfg.get("doc_tokens") else f"{cfg['words']} words"
+    fig.suptitle(f"core-rerank serve, default model, {cfg['docs']} docs x {size}, "
                  f"max_queue {result['config']['max_queue']}, 1 worker; {m['cpus']} CPU cores (load average "
                  f"{result['load_average']['after_levels'][0]:.1f} after the levels), "
                  f"torch threads: {m['torch_threads']}", fontsize=9)  # fmt: skip
@@ -531,12 +545,15 @@ def main() -> None:
     p.add_argument("--level-seconds", type=float, default=None, help="seconds a level sends for (default 40)")
     p.add_argument("--pool", type=int, default=None, help="distinct requests (default 4)")
     p.add_argument("--docs", type=int, default=None, help="documents per request (default 20)")
-    p.add_argument("--words", type=int, default=None, help="words per document (default 115, ~150 tokens)")
+    p.add_argument("--words", type=int, default=None, help="words per document (default 140, ~200 tokens)")
+    p.add_argument("--doc-tokens", type=int, default=None, help="max_tokens_per_doc of each request (default 150)")
     p.add_argument("--blocks", type=int, default=None, help="paired blocks at c=1 (default 3)")
     p.add_argument("--max-queue", type=int, default=None, help="the server's --max-queue (default 8)")
     p.add_argument("--threads", type=int, default=1, help="torch threads, server and in-process (default 1)")
     p.add_argument("--timeout", type=float, default=600.0, help="the server's --timeout (and the client's)")
-    p.add_argument("--backoff", type=float, default=1.0, help="seconds a client waits after a 429")
+    p.add_argument("--backoff", type=float, default=1.0, help="mean seconds a client waits after a 429 (jittered)")
+    p.add_argument("--ramp", type=float, default=1.0, help="clients start within this many seconds (0: at once, "
+                   "and a fixed backoff: refused clients retry in lockstep)")  # fmt: skip
     p.add_argument("--batch-queries", type=int, default=None, help="k queries over one list (default 8; 0: skip)")
     p.add_argument("--batch-rounds", type=int, default=None, help="paired rounds of the batching case (default 2)")
     p.add_argument("--json", type=Path, default=None, help="results (--quick: a tmp dir)")
@@ -554,15 +571,17 @@ def main() -> None:
         "level_seconds": a.level_seconds or (10.0 if quick else 40.0),
         "pool": a.pool or (2 if quick else 4),
         "docs": a.docs or (5 if quick else 20),
-        "words": a.words or (40 if quick else 115),
+        "words": a.words or (40 if quick else 140),
+        "doc_tokens": (a.doc_tokens if a.doc_tokens is not None else (40 if quick else 150)) or None,
         "blocks": a.blocks or (1 if quick else 3),
         "max_queue": a.max_queue if a.max_queue is not None else (2 if quick else 8),
         "threads": a.threads,
         "timeout": a.timeout,
         "backoff": a.backoff,
+        "ramp": a.ramp,
         "batch_queries": a.batch_queries if a.batch_queries is not None else (3 if quick else 8),
         "batch_rounds": a.batch_rounds or (1 if quick else 2),
-        "endpoint": "/v2/rerank (raw_scores: true)",
+        "endpoint": "/v2/rerank (raw_scores: true, max_tokens_per_doc: doc_tokens)",
         "max_concurrent_requests": 1,
         "seed": SEED,
     }
@@ -572,7 +591,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from core_rerank import Reranker
 
-    source, pool = build_requests(cfg["pool"], cfg["docs"], cfg["words"])
+    source, pool = build_requests(cfg["pool"], cfg["docs"], cfg["words"], cfg["doc_tokens"])
     cfg["text_source"] = source
     k = cfg["batch_queries"]
     logs = Path(tempfile.mkdtemp(prefix="bench-server-"))
@@ -587,19 +606,19 @@ def main() -> None:
         on = Server(threads=a.threads, max_queue=max(cfg["max_queue"], k), max_batch=k, timeout=a.timeout,
                     log=logs / "on.log")  # fmt: skip
     try:
-        rr = Reranker()
-        tokens = [sum(r.tokens for r in rr.rank(req.query, req.documents, show_progress_bar=False)) for req in pool[:1]]
+        rr = Reranker(**({"max_doc_tokens": cfg["doc_tokens"]} if cfg["doc_tokens"] else {}))
+        tokens = [sum(r.tokens for r in rr.rank(req.query, req.documents, show_progress_bar=False)) for req in pool]
         off.wait_ready()
         if on is not None:
             on.wait_ready()
         for server in (off, on) if on is not None else (off,):  # warm-up: each server's first pass, not measured
             asyncio.run(send_one(server.url, pool[0], a.timeout))
-        print(f"{rr!r}; {len(pool)} requests of {cfg['docs']} documents ({tokens[0]} document tokens in the first)")
+        print(f"{rr!r}; {len(pool)} requests of {cfg['docs']} documents (document tokens: {tokens})")
         # This client holds a model too: without this, each full collection of its ~400,000 objects stalls its
         # event loop (~0.2 s, more under load) and inflates the latencies it measures, 429s above all.
         gc.collect()
         gc.freeze()
-        result: dict = {"config": cfg, "machine": machine(a.threads), "document_tokens_first_request": tokens[0]}
+        result: dict = {"config": cfg, "machine": machine(a.threads), "document_tokens": tokens}
         print("overhead at c=1 (paired blocks)", flush=True)
         result["overhead"] = overhead(rr, off, pool, cfg["blocks"], a.timeout)
         load["after_overhead"] = os.getloadavg()
@@ -607,7 +626,7 @@ def main() -> None:
         for c in cfg["levels"]:
             before = duration_buckets(off.metrics())
             tally, wall = asyncio.run(level(off.url, pool, c, cfg["level_requests"], cfg["level_seconds"], a.backoff,
-                                            a.timeout))  # fmt: skip
+                                            a.timeout, a.ramp))  # fmt: skip
             summary = {"concurrency": c, **tally_summary(tally, wall), "load_average": os.getloadavg()}
             summary["server_side_answers_within_s"] = server_side_fast(before, duration_buckets(off.metrics()))
             summary["_rejected"] = tally.rejected
@@ -627,7 +646,7 @@ def main() -> None:
             print(f"batching: {k} concurrent queries over one list, on vs off", flush=True)
             rng = random.Random(SEED + 1)
             _, _, queries = text_source(cfg["words"])
-            result["batching"] = batching(rr, on, off, pool[0].documents, rng.sample(queries, k), cfg["batch_rounds"],
+            result["batching"] = batching(rr, on, off, pool[0], rng.sample(queries, k), cfg["batch_rounds"],
                                           a.timeout)  # fmt: skip
             b = result["batching"]
             print(f"  gain {b['gain_median_paired']:.2f}x (throughput {b['throughput_rps']['on']:.3f}/s on, "
