@@ -1,5 +1,6 @@
-"""The load generator's own logic (benchmarks/bench_server.py), without a server or a model: its answer check
-catches every kind of mismatch, and its requests are deterministic. No timing asserts."""
+"""The load generator's own logic (benchmarks/bench_server.py), without a model: its answer check catches every kind
+of mismatch, its requests are deterministic, and a load level driven against a real (scripted) HTTP server on
+127.0.0.1 stops by itself at its request or time bound and checks every 200. No timing asserts."""
 
 from __future__ import annotations
 
@@ -59,3 +60,54 @@ def test_requests_are_deterministic_and_their_document_lists_distinct():
     assert len({tuple(r.documents) for r in first}) == 4
     assert all(len(r.documents) == 20 and all(len(d.split()) <= 115 for d in r.documents) for r in first)
     assert source
+
+
+def _scripted_server(answers: list[int]):
+    """A real HTTP server whose POST /v2/rerank answers 429 or the expected 200 body by the scripted status of
+    each request in arrival order (the list's last status repeats); ``answers`` records what it sent."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    script = list(answers)
+    sent: list[int] = []
+
+    async def rerank(request):
+        body = await request.json()
+        status = script[min(len(sent), len(script) - 1)]
+        sent.append(status)
+        if status == 429:
+            return JSONResponse({"error": "full", "error_type": "Overloaded"}, status_code=429)
+        pairs = EXPECTED if body["query"] == "good" else EXPECTED[::-1]
+        return JSONResponse(answer(pairs))
+
+    return Starlette(routes=[Route("/v2/rerank", rerank, methods=["POST"])]), sent
+
+
+def _level(url, pool, **kw):
+    import asyncio
+
+    args = {"c": 4, "max_requests": 30, "seconds": 120.0, "backoff": 0.01, "timeout": 60.0, "ramp": 0.05} | kw
+    return asyncio.run(bench.level(url, pool, **args))
+
+
+def test_a_load_level_against_a_real_server_stops_at_its_request_bound_and_checks_every_answer():
+    harness = pytest.importorskip("server_harness")
+    app, sent = _scripted_server([200, 200, 200, 429])
+    pool = [bench.Request("bad", ["a", "b", "c"], 150, EXPECTED)]  # the server answers it in the wrong order
+    with harness.running(app) as url:
+        tally, _ = _level(url, pool)
+    assert tally.sent == 30 == len(sent)  # the bound, exactly: no request past it
+    s = bench.tally_summary(tally, 1.0)
+    assert (s["count_200"], s["count_429"], s["lost"], s["count_5xx"]) == (3, 27, 0, 0)
+    assert s["mismatched"] == 3  # every 200 was checked against the expected answer
+
+
+def test_a_load_level_stops_by_itself_at_its_time_bound():
+    harness = pytest.importorskip("server_harness")
+    app, sent = _scripted_server([429])
+    pool = [bench.Request("good", ["a", "b", "c"], None, EXPECTED)]
+    with harness.running(app) as url:
+        tally, wall = _level(url, pool, max_requests=10**9, seconds=0.5, backoff=0.05)
+    assert 0 < tally.sent == len(sent) < 10**9 and wall >= 0.5  # stopped on its clock, not on the request bound
+    assert bench.tally_summary(tally, wall)["count_429"] == tally.sent
