@@ -63,8 +63,9 @@ def test_requests_are_deterministic_and_their_document_lists_distinct():
 
 
 def _scripted_server(answers: list[int]):
-    """A real HTTP server whose POST /v2/rerank answers 429 or the expected 200 body by the scripted status of
-    each request in arrival order (the list's last status repeats); ``answers`` records what it sent."""
+    """A real HTTP server whose POST /v2/rerank answers by the scripted status of each request in arrival order
+    (the list's last status repeats): 429, or a 200 with EXPECTED's results in the wrong order, a mismatch for the
+    load generator to catch. The returned list records what it sent."""
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -73,13 +74,12 @@ def _scripted_server(answers: list[int]):
     sent: list[int] = []
 
     async def rerank(request):
-        body = await request.json()
+        await request.body()
         status = script[min(len(sent), len(script) - 1)]
         sent.append(status)
         if status == 429:
             return JSONResponse({"error": "full", "error_type": "Overloaded"}, status_code=429)
-        pairs = EXPECTED if body["query"] == "good" else EXPECTED[::-1]
-        return JSONResponse(answer(pairs))
+        return JSONResponse(answer(EXPECTED[::-1]))
 
     return Starlette(routes=[Route("/v2/rerank", rerank, methods=["POST"])]), sent
 
@@ -94,7 +94,7 @@ def _level(url, pool, **kw):
 def test_a_load_level_against_a_real_server_stops_at_its_request_bound_and_checks_every_answer():
     harness = pytest.importorskip("server_harness")
     app, sent = _scripted_server([200, 200, 200, 429])
-    pool = [bench.Request("bad", ["a", "b", "c"], 150, EXPECTED)]  # the server answers it in the wrong order
+    pool = [bench.Request("q", ["a", "b", "c"], 150, EXPECTED)]
     with harness.running(app) as url:
         tally, _ = _level(url, pool)
     assert tally.sent == 30 == len(sent)  # the bound, exactly: no request past it
@@ -106,7 +106,7 @@ def test_a_load_level_against_a_real_server_stops_at_its_request_bound_and_check
 def test_a_load_level_stops_by_itself_at_its_time_bound():
     harness = pytest.importorskip("server_harness")
     app, sent = _scripted_server([429])
-    pool = [bench.Request("good", ["a", "b", "c"], None, EXPECTED)]
+    pool = [bench.Request("q", ["a", "b", "c"], None, EXPECTED)]
     with harness.running(app) as url:
         tally, wall = _level(url, pool, max_requests=10**9, seconds=0.5, backoff=0.05)
     assert 0 < tally.sent == len(sent) < 10**9 and wall >= 0.5  # stopped on its clock, not on the request bound
