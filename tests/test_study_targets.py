@@ -39,7 +39,7 @@ def rows():
     return {
         "bm25": {
             "first_stage": _row(0.50),
-            "core": _row(0.53, 0.03, 0.01, vs_heads={"icr": [0.02, 0.01], "qr": [0.01, 0.01]}),
+            "core": _row(0.53, 0.03, 0.01, copy.deepcopy(sets), vs_heads={"icr": [0.02, 0.01], "qr": [0.01, 0.01]}),
             "core + first-stage scores": _row(0.54, 0.04, 0.01, sets),
             "core@shuffled": _row(0.51, 0.01, 0.02, vs_heads={"icr": [0.05, 0.01], "qr": [0.03, 0.01]}),
             "icr": _row(0.51),
@@ -49,7 +49,7 @@ def rows():
         },
         "dense": {
             "first_stage": _row(0.60),
-            "core": _row(0.61, 0.01, 0.01, vs_heads={"icr": [0.004, 0.005], "qr": [0.01, 0.01]}),
+            "core": _row(0.63, 0.03, 0.01, vs_heads={"icr": [0.004, 0.005], "qr": [0.01, 0.01]}),
             "core + first-stage scores": _row(0.63, 0.03, 0.01),
             "icr": _row(0.606),
             "qr": _row(0.60),
@@ -60,30 +60,40 @@ def rows():
 def test_every_target_met(study, rows):
     cells = study.target_cells(rows)
     assert [c.endswith("**met**") for _, c in cells] == [True] * 4
+    assert study.targets_met(rows) == "alone 4 of 4; fused 4 of 4"
     assert study._core_vs(rows) == "yes"
 
 
-def test_each_target_can_fail(study, rows):
+def test_each_configuration_is_judged_on_its_own(study, rows):
     bad = copy.deepcopy(rows)
-    bad["dense"]["core + first-stage scores"].update(vs_first_stage=0.015, se=0.01)  # under two standard errors
-    bad["bm25"]["core + first-stage scores"]["vs_first_stage"] = 0.029
-    bad["bm25"]["core + first-stage scores"]["by_dataset_vs_first_stage"]["b"] = [-0.03, 0.01, 5]
-    bad["bm25"]["core@shuffled"]["ndcg"] = 0.49
+    fused_bm25, fused_dense = bad["bm25"]["core + first-stage scores"], bad["dense"]["core + first-stage scores"]
+    fused_dense.update(vs_first_stage=0.015, se=0.01)  # under two standard errors
+    fused_bm25["vs_first_stage"] = 0.029
+    fused_bm25["by_dataset_vs_first_stage"]["b"] = [-0.03, 0.01, 5]
     cells = study.target_cells(bad)
-    assert [c.endswith("not met") for _, c in cells] == [True] * 4
-    assert "(b;" in cells[2][1]
+    for _, cell in cells[:3]:
+        alone, fused = cell.split("; ")
+        assert alone.endswith("**met**") and fused.endswith("not met")
+    assert "(b, lowest b -0.030" in cells[2][1]
+    assert study.targets_met(bad) == "alone 4 of 4; fused 1 of 4"
+    bad["bm25"]["core@shuffled"]["ndcg"] = 0.49
+    assert study.target_cells(bad)[3][1].endswith("not met")
+    assert study.targets_met(bad) == "alone 3 of 4; fused 0 of 4"
 
 
 def test_a_set_is_judged_only_with_enough_queries(study, rows):
     few = copy.deepcopy(rows)
     few["bm25"]["core + first-stage scores"]["by_dataset_vs_first_stage"]["a"][2] = study.MIN_PER_SET - 1
     fewest = study.MIN_PER_SET - 1
-    assert _verdict(study.target_cells(few)[2][1]) == f"too few queries per set to tell (fewest {fewest})"
+    alone, fused = study.target_cells(few)[2][1].split("; ")
+    assert alone.endswith("**met**")
+    assert _verdict(fused) == f"too few queries per set to tell (fewest {fewest})"
+    assert study.targets_met(few) == "alone 4 of 4; fused 3 of 4"
 
 
 def test_core_behind_other_heads_reports_the_paired_gap(study, rows):
     tie = copy.deepcopy(rows)
-    tie["dense"]["icr"]["ndcg"] = 0.611  # ahead by 0.001 on the means
+    tie["dense"]["icr"]["ndcg"] = 0.631  # ahead by 0.001 on the means
     tie["dense"]["core"]["vs_heads"]["icr"] = [-0.001, 0.006]
     assert study._core_vs(tie) == "no: icr ahead behind dense by 0.001 (paired s.e. 0.006: within it)"
     clear = copy.deepcopy(rows)
