@@ -81,7 +81,8 @@ class CoReRerank(BaseDocumentCompressor):
     first_stage_score_key: str | None = None
     """Metadata key holding the retriever's own score of each document (higher = better), e.g. ``"score"``.
     When every document carries a number there, it is fused with the attention (``Reranker.rank(...,
-    first_stage_scores=...)``), which ranks better than either alone behind BM25 or dense retrieval."""
+    first_stage_scores=...)``): for the default model this ranked better than either alone behind BM25 and dense
+    retrieval, not for every model (docs/retriever_study.md)."""
 
     reranker: Any = Field(default=None, exclude=True)
     """A ready ``core_rerank.Reranker`` to score with, e.g. ``Reranker.from_model(model, tokenizer)`` on the model
