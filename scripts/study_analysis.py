@@ -287,9 +287,9 @@ def analyze(args) -> None:
         for pool in ("bm25", "dense"):
             pq = [q for q in qs if q.pool == pool]
             base = evaluate(pq, ms["first_stage"][0])
-            rows = {}
+            rows, per_query = {}, {}
             for name, (m, passes) in ms.items():
-                got = evaluate(pq, m)
+                got = per_query[name] = evaluate(pq, m)
                 if not got:
                     continue
                 common = [k for k in got if k in base]
@@ -311,9 +311,9 @@ def analyze(args) -> None:
                 }
             # CoRe against ICR and QR on the same queries and passes: paired, so a tie reads as a tie.
             for suffix in ("", "@shuffled"):
-                core_got = evaluate(pq, ms[f"core{suffix}"][0])
+                core_got = per_query[f"core{suffix}"]
                 for other in ("icr", "qr"):
-                    other_got = evaluate(pq, ms[f"{other}{suffix}"][0])
+                    other_got = per_query[f"{other}{suffix}"]
                     d = [core_got[k] - other_got[k] for k in core_got if k in other_got]
                     if len(d) > 1 and f"core{suffix}" in rows:
                         rows[f"core{suffix}"].setdefault("vs_heads", {})[other] = _mean_se_round(d)[:2]
@@ -624,16 +624,19 @@ def target_verdicts(t: dict) -> dict[str, dict[str, bool | None]]:
     out: dict[str, dict[str, bool | None]] = {"dense": {}, "bm25": {}, "sets": {}, "shuf": {}}
     for config, m in CONFIGS.items():
         sets = t["bm25"][m].get("by_dataset_vs_first_stage", {})
-        fewest = min((n for _, _, n in sets.values()), default=0)
         out["dense"][config] = _beats(t["dense"][m])
         out["bm25"][config] = t["bm25"][m]["vs_first_stage"] >= 0.03
-        out["sets"][config] = None if fewest < MIN_PER_SET else not _below(sets)
+        out["sets"][config] = None if _fewest(sets) < MIN_PER_SET else not _below(sets)
         out["shuf"][config] = _shuffled_ok(t)
     return out
 
 
 def _below(sets: dict) -> list[str]:
     return [ds for ds, (mu, se, _) in sets.items() if se is not None and mu < -se]
+
+
+def _fewest(sets: dict) -> int:
+    return min((n for _, _, n in sets.values()), default=0)
 
 
 def target_cells(t: dict) -> list[tuple[str, str]]:
@@ -650,10 +653,9 @@ def target_cells(t: dict) -> list[tuple[str, str]]:
         sets = t["bm25"][CONFIGS[config]].get("by_dataset_vs_first_stage", {})
         below = _below(sets)
         worst = min(sets.items(), key=lambda kv: kv[1][0]) if sets else ("-", (float("nan"), None, 0))
-        fewest = min((n for _, _, n in sets.values()), default=0)
         return (
             f"{config} below on {len(below)} of {len(sets)} sets ({', '.join(below) or 'none'}, lowest "
-            f"{worst[0]} {worst[1][0]:+.3f} ± {worst[1][1] or 0:.3f}): {yes(ok['sets'][config], fewest)}"
+            f"{worst[0]} {worst[1][0]:+.3f} ± {worst[1][1] or 0:.3f}): {yes(ok['sets'][config], _fewest(sets))}"
         )
 
     return [
@@ -681,8 +683,7 @@ def _diff(r: dict) -> str:
 def _cell(r: dict | None) -> str:
     if r is None:
         return "-"
-    se = r["se"]
-    return f"{r['ndcg']:.3f} ({r['vs_first_stage']:+.3f} ± {se:.3f})" if se == se else f"{r['ndcg']:.3f}"
+    return f"{r['ndcg']:.3f} ({_diff(r)})" if r["se"] == r["se"] else f"{r['ndcg']:.3f}"
 
 
 def render_targets(report: dict) -> list[str]:
