@@ -4,6 +4,8 @@
     >>> rr = Reranker()  # embedded SmolLM2-135M-Instruct + its bundled head list, offline
     >>> rr.rank("how do I copy files?", docs, top_n=3)
 
+Every option of the engine is a field of :class:`EngineSettings`; ``Reranker(model, heads, **options)`` takes them.
+
 Heavy modules (torch, transformers) load on first use of ``Reranker``.
 """
 
@@ -22,6 +24,7 @@ from .errors import (
     InvalidInputError,
     InvalidInputTypeError,
     ModelAccessError,
+    ModelCacheError,
     ModelDownloadError,
     ModelLoadError,
     ModelNotFoundError,
@@ -34,6 +37,7 @@ from .errors import (
 from .heads import HeadList, bundled_head_lists, load_head_list
 from .registry import clear_cache, shared_reranker
 from .results import RankedResults, RankResult
+from .settings import EngineSettings
 
 if TYPE_CHECKING:
     from .reranker import Reranker
@@ -45,6 +49,7 @@ __all__ = [
     "CoreRerankError",
     "DependencyMissingError",
     "DeviceUnavailableError",
+    "EngineSettings",
     "HeadList",
     "HeadListError",
     "HeadListMismatchError",
@@ -52,6 +57,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidInputTypeError",
     "ModelAccessError",
+    "ModelCacheError",
     "ModelDownloadError",
     "ModelLoadError",
     "ModelNotFoundError",

@@ -19,33 +19,26 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import CoreRerankError
-from .inputs import DEFAULT_MAX_DOCUMENTS
+from .errors import CoreRerankError, DependencyMissingError, InvalidInputError
+from .settings import EngineSettings
 
 if TYPE_CHECKING:
     from .reranker import Reranker
 
-__all__ = ["BatchSettings", "RayScorer", "read_lines", "run_embedded", "run_ray", "score_line"]
+__all__ = ["BatchSettings", "RayScorer", "read_input", "read_lines", "run_embedded", "run_ray", "score_line"]
 
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """How each process builds its reranker (the same for the embedded run and every Ray actor).
+    """How each process builds its reranker (the same for the embedded run and every Ray actor): the engine's
+    settings, and ``threads``, torch's intra-op threads per process (``None`` leaves torch's default, every core;
+    on Ray, one per CPU the actor reserves, so actors on one machine do not oversubscribe its cores)."""
 
-    ``threads``: torch's intra-op threads per process (``None`` leaves torch's default, every core); on Ray, one
-    per CPU the actor reserves, so actors on one machine do not oversubscribe its cores.
-    """
-
-    model: str = "default"
-    heads: str | None = None
-    max_doc_tokens: int = 400
-    max_documents: int | None = DEFAULT_MAX_DOCUMENTS
-    quantization: str | None = "auto"
-    device: str | None = None
+    engine: EngineSettings = field(default_factory=EngineSettings)
     threads: int | None = None
 
     def build(self) -> Reranker:
@@ -56,14 +49,7 @@ class BatchSettings:
             torch.set_num_threads(self.threads)
         from .reranker import Reranker
 
-        return Reranker(
-            self.model,
-            heads=self.heads,
-            max_doc_tokens=self.max_doc_tokens,
-            max_documents=self.max_documents,
-            quantization=self.quantization,
-            device=self.device,
-        )
+        return Reranker.from_settings(self.engine)
 
 
 def _error(row_id: Any, line_no: int, error_type: str, message: str) -> dict[str, Any]:
@@ -103,6 +89,16 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
     text = path.read_text(encoding="utf-8")
     lines = (ln.removesuffix("\r") for ln in text.split("\n"))
     return [(n, ln) for n, ln in enumerate(lines, start=1) if ln.strip()]
+
+
+def read_input(path: Path) -> list[tuple[int, str]]:
+    """:func:`read_lines` of an input file, with an :class:`InvalidInputError` when it is missing or not UTF-8."""
+    if not path.is_file():
+        raise InvalidInputError(f"{path} does not exist")
+    try:
+        return read_lines(path)
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
 def _dump(row: Mapping[str, Any]) -> str:
@@ -165,14 +161,22 @@ def run_ray(
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float = 0.0,
     batch_size: int = 8,
+    address: str | None = None,
 ) -> int:
     """Score every line with Ray Data ``map_batches`` over a fixed pool of ``actors`` :class:`RayScorer` actors
     (each loads the model once), writing ``out`` in input order; returns the number of error rows.
 
-    Connects to the Ray instance this process is attached to (``ray.init(address=...)`` beforehand, or
-    ``RAY_ADDRESS``), else starts a local one with :func:`start_local_ray`."""
+    Connects to the Ray cluster at ``address`` (``"auto"``, ``"ray://host:10001"``), else to the instance this
+    process is attached to (``ray.init(address=...)`` beforehand, or ``RAY_ADDRESS``), else starts a local one with
+    :func:`start_local_ray`."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise DependencyMissingError("--ray needs Ray: pip install 'core-rerank[ray]'")
     import ray
 
+    if address is not None and not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=False)

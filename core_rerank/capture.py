@@ -6,8 +6,7 @@ layer output with the stock SDPA kernel (so the model runs at normal speed and n
 recomputes the softmax rows of the query tokens for the selected heads of that layer only: in fp32,
 scale applied before the matmul, keys beyond ``key_end`` dropped right after the softmax. Rows are
 summed as they arrive, so extra memory is O(|heads in layer| x |Q rows in this pass| x seq) transiently
-and O(|H| x key_end) kept; a capture asked to keep every row (query-token weighting reads them) keeps
-O(|H| x |Q| x key_end).
+and O(|H| x key_end) kept.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ class AttentionCapture:
     ``rows`` is the half-open range of absolute token positions whose attention rows are summed;
     ``key_end`` bounds the key positions kept; ``chunk_start`` is the absolute position of the first
     token of the forward pass (the cached length before it). ``sums[layer]`` is (n heads, key_end) fp32.
-    With ``keep_rows``, ``kept[layer]`` also holds every row: (n heads, rows[1] - rows[0], key_end) fp32.
     ``seen`` records the selected layers whose attention ran through the capture, so a layer that never
     did (it bypasses the attention interface or has no ``layer_idx``) is an error, not a silent zero.
     """
@@ -46,9 +44,7 @@ class AttentionCapture:
     rows: tuple[int, int]
     key_end: int
     chunk_start: int = 0
-    keep_rows: bool = False
     sums: dict[int, torch.Tensor] = field(default_factory=dict)
-    kept: dict[int, torch.Tensor] = field(default_factory=dict)
     seen: set[int] = field(default_factory=set)
 
     def observe(
@@ -88,12 +84,6 @@ class AttentionCapture:
         if layer not in self.sums:
             self.sums[layer] = torch.zeros(len(heads), self.key_end, device=probs.device)
         self.sums[layer][:, key_start : key_start + probs.shape[1]] += probs
-        if self.keep_rows:
-            if layer not in self.kept:
-                n_rows = self.rows[1] - self.rows[0]
-                self.kept[layer] = torch.zeros(len(heads), n_rows, self.key_end, device=rows.device)
-            first = lo - self.rows[0]
-            self.kept[layer][:, first : first + rows.shape[1], key_start : key_start + rows.shape[2]] = rows
 
 
 def _additive_mask(module, attention_mask, kwargs, lo, hi, past, key_start, kv_len, device) -> torch.Tensor:

@@ -23,7 +23,7 @@ from transformers.cache_utils import DynamicLayer
 from .capture import AttentionCapture, capturing
 from .errors import ScoringError
 
-__all__ = ["HeadSignals", "PromptTokens", "croppable", "head_signals", "head_signals_many", "shared_prefix"]
+__all__ = ["HeadSignals", "PromptTokens", "croppable", "head_signals_many", "shared_prefix"]
 
 CacheReuse = Literal["auto", "copy", "crop"]
 
@@ -44,7 +44,6 @@ class HeadSignals:
     query: torch.Tensor  # (|H|, key_end) fp32, mean over the query span's rows
     null: torch.Tensor  # same, with the content-free "N/A" query
     shared_prefix_tokens: int
-    query_rows: torch.Tensor | None = None  # (|H|, |Q|, key_end): each query-span row, when asked for
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -83,23 +82,6 @@ def _stack(
         got = sums.get(layer)
         rows.append(got if got is not None else torch.zeros(len(heads), key_end, device=device))
     return torch.cat(rows, dim=0)
-
-
-def _stack_rows(
-    captures: Sequence[AttentionCapture], heads_by_layer: Mapping[int, list[int]], key_end: int, device: torch.device
-) -> torch.Tensor:
-    """(|H|, |Q|, key_end): the rows kept by ``captures`` (consecutive row ranges of one span), joined in order."""
-    parts = []
-    for c in captures:
-        n = c.rows[1] - c.rows[0]
-        if n <= 0:
-            continue
-        per_layer = [
-            c.kept.get(layer, torch.zeros(len(heads), n, key_end, device=device))
-            for layer, heads in heads_by_layer.items()
-        ]
-        parts.append(torch.cat(per_layer, dim=0))
-    return torch.cat(parts, dim=1)
 
 
 @functools.cache
@@ -159,7 +141,6 @@ def head_signals_many(
     key_end: int,
     model_name: str = "",
     cache_reuse: CacheReuse = "auto",
-    keep_query_rows: bool = False,
 ) -> list[HeadSignals]:
     """Signals of every prompt in ``queries`` and of the ``null`` (N/A) prompt, all over the same documents:
     the shared token prefix runs once, then the N/A suffix once and each query's suffix once.
@@ -182,7 +163,7 @@ def head_signals_many(
     heads_by_layer = dict(sorted(heads_by_layer.items()))
     cache = DynamicCache(config=model.config)
     # Span rows inside the prefix are the same token positions in every prompt (shared_prefix sees to it).
-    prefix = AttentionCapture(heads_by_layer, (null.query_rows[0], shared), key_end, 0, keep_query_rows)
+    prefix = AttentionCapture(heads_by_layer, (null.query_rows[0], shared), key_end, 0)
     if shared:
         _forward(model, null.ids[:shared], cache, prefix, device)
     crop = cache_reuse == "crop" or (cache_reuse == "auto" and croppable(cache))
@@ -195,11 +176,7 @@ def head_signals_many(
         on = cache if crop or last else copy.deepcopy(cache)
         suffix = prompt.ids[shared:]
         capture = AttentionCapture(
-            heads_by_layer,
-            (max(shared, prompt.query_rows[0]), prompt.query_rows[1]),
-            key_end,
-            shared,
-            keep_query_rows and i > 0,
+            heads_by_layer, (max(shared, prompt.query_rows[0]), prompt.query_rows[1]), key_end, shared
         )
         _forward(model, suffix, on, capture, device)
         if crop and not last:
@@ -215,32 +192,4 @@ def head_signals_many(
     heads = tuple((layer, h) for layer, hs in heads_by_layer.items() for h in hs)
     _check(model_name or type(model).__name__, model.dtype, heads, passes, torch.cat(means, dim=1))
     null_signal = means[0].cpu()
-    if not keep_query_rows:
-        return [HeadSignals(heads, q.cpu(), null_signal, shared) for q in means[1:]]
-    rows = [_stack_rows([prefix, c], heads_by_layer, key_end, device).cpu() for c in passes[1:]]
-    return [HeadSignals(heads, q.cpu(), null_signal, shared, r) for q, r in zip(means[1:], rows)]
-
-
-def head_signals(
-    model: torch.nn.Module,
-    heads_by_layer: Mapping[int, list[int]],
-    ids_query: Sequence[int],
-    q_rows_query: tuple[int, int],
-    ids_null: Sequence[int],
-    q_rows_null: tuple[int, int],
-    key_end: int,
-    model_name: str = "",
-) -> HeadSignals:
-    """The signals of one query prompt and its N/A prompt: :func:`head_signals_many` with one query.
-
-    ``q_rows_*`` are the token ranges of the query span in each prompt; ``key_end`` is one past the
-    last document token.
-    """
-    return head_signals_many(
-        model,
-        heads_by_layer,
-        [PromptTokens(ids_query, q_rows_query)],
-        PromptTokens(ids_null, q_rows_null),
-        key_end,
-        model_name,
-    )[0]
+    return [HeadSignals(heads, q.cpu(), null_signal, shared) for q in means[1:]]

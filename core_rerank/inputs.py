@@ -19,7 +19,6 @@ from .errors import InvalidInputError, InvalidInputTypeError, TooManyDocumentsEr
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_MAX_DOCUMENTS",
     "check_documents",
     "check_query",
     "check_threshold",
@@ -27,9 +26,6 @@ __all__ = [
     "document_text",
     "plain_text",
 ]
-
-DEFAULT_MAX_DOCUMENTS = 1000
-"""Default limit on documents per call: a guard against re-ranking a whole corpus by mistake."""
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

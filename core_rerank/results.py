@@ -15,7 +15,7 @@ class RankResult:
     """One ranked document.
 
     ``index`` is its position in the input list (``corpus_id`` is an alias). ``score`` is the raw
-    calibrated attention score (higher is more relevant; unbounded, may be negative; ``-inf`` for an
+    N/A-contrasted attention score (higher is more relevant; unbounded, may be negative; ``-inf`` for an
     empty document, which ranks last). ``relevance`` is the calibrated probability that the document is
     relevant, in [0, 1]: a monotone map of its own ``score`` fitted on labelled training data for the head
     list (comparable across queries and list sizes; a lone irrelevant document stays low), ``None`` when the
@@ -101,13 +101,6 @@ class RankedResults(Sequence[RankResult]):
 
     def __iter__(self) -> Iterator[RankResult]:
         return iter(self.results)
-
-    def top_k(self, k: int) -> list[RankResult]:
-        """Deprecated: slice the results (``results[:n]``); ``top_n`` is the one name for "how many to keep"."""
-        import warnings
-
-        warnings.warn("RankedResults.top_k(k) is deprecated: use results[:k]", DeprecationWarning, stacklevel=2)
-        return self.results[:k]
 
     def select(self, top_n: int | None = None, min_relevance_score: float | None = None) -> list[RankResult]:
         """The best ``top_n`` results whose ``relevance_score`` reaches ``min_relevance_score`` (the filter

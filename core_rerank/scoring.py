@@ -1,4 +1,4 @@
-"""The document score: calibration against a content-free query and the 2-sigma mask.
+"""The document score: the contrast with a content-free query and the 2-sigma mask.
 
 This module is the one place the scoring formula lives (docs/method.md, section 3)::
 
@@ -10,7 +10,7 @@ where s(j) is the attention signal summed over the selected heads (see ``head_si
 
 Two maps of the raw score live here too. ``relevance``: a calibrated probability that the document is
 relevant, ``1 / (1 + exp(-(a * score + b)))`` with ``a > 0, b`` fitted per head list on labelled training
-data (the head list's ``calibration``); it reads only the document's own score, so it is comparable across
+data (the head list's ``relevance_map``); it reads only the document's own score, so it is comparable across
 queries and lists. ``softmax``: the list-relative ``normalized_score``. ``fuse``: the attention score
 combined with the first stage's own scores when the caller has them, ``z(attention) + w * z(first stage)``
 (each standardized over the list, so the first stage's scale does not matter).
@@ -25,13 +25,13 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["document_masses", "document_scores", "fuse", "relevance", "softmax"]
+__all__ = ["document_masses", "document_scores", "fuse", "relevance", "softmax", "standardized"]
 
 
 def document_scores(
     signal_query: torch.Tensor, signal_null: torch.Tensor, token_spans: Sequence[tuple[int, int]]
 ) -> list[float]:
-    """Calibrated, masked score of each document span; higher is more relevant.
+    """N/A-contrasted, masked score of each document span; higher is more relevant.
 
     ``signal_*`` are 1-D per-key-position signals; an empty span scores ``-inf``.
     """
@@ -49,8 +49,8 @@ def document_scores(
 
 
 def document_masses(signal: torch.Tensor, token_spans: Sequence[tuple[int, int]]) -> list[float]:
-    """Uncalibrated attention mass of each span (no N/A subtraction, no mask): the detection statistic
-    s(d) (docs/method.md, section 4), and the "no calibration" ablation; an empty span scores ``-inf``."""
+    """Attention mass of each span without the N/A contrast and the mask: the detection statistic s(d)
+    (docs/method.md, section 4), and the "no contrast" ablation; an empty span scores ``-inf``."""
     s = signal.double()
     return [float(s[a:b].sum()) if b > a else -math.inf for a, b in token_spans]
 
@@ -83,8 +83,12 @@ def relevance(score: float, a: float, b: float) -> float:
     return 1.0 / (1.0 + math.exp(-t)) if t >= 0 else math.exp(t) / (1.0 + math.exp(t))
 
 
-def _standardized(values: Sequence[float], keep: Sequence[bool]) -> list[float]:
-    """``values`` minus their mean over the kept entries, over their std there (0 where they do not vary)."""
+def standardized(values: Sequence[float], keep: Sequence[bool] | None = None) -> list[float]:
+    """z-scores: ``values`` minus their mean over the kept entries (default: the finite ones), over their
+    population std there; 0 everywhere when they do not vary. Entries not kept are standardized with the same
+    mean and std (a non-finite value stays non-finite). The one z-score of the project: fusion uses it."""
+    if keep is None:
+        keep = [math.isfinite(v) for v in values]
     kept = [v for v, k in zip(values, keep) if k]
     mean = sum(kept) / len(kept) if kept else 0.0
     std = math.sqrt(sum((v - mean) ** 2 for v in kept) / len(kept)) if kept else 0.0
@@ -95,6 +99,6 @@ def fuse(attention: Sequence[float], first_stage: Sequence[float], weight: float
     """``z(attention) + weight * z(first_stage)``, each z-scored over the list's non-empty documents; an
     empty document (``-inf`` attention) stays ``-inf``. ``weight`` 0 keeps the attention ranking."""
     keep = [math.isfinite(a) for a in attention]
-    za = _standardized([a if k else 0.0 for a, k in zip(attention, keep)], keep)
-    zf = _standardized(first_stage, keep)
+    za = standardized([a if k else 0.0 for a, k in zip(attention, keep)], keep)
+    zf = standardized(first_stage, keep)
     return [a + weight * f if k else -math.inf for a, f, k in zip(za, zf, keep)]

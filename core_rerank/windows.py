@@ -2,7 +2,7 @@
 
 Documents are dealt round-robin by their input rank (0, k, 2k, ... to window 0; 1, k+1, ... to
 window 1), so every window holds a similar mix of strong and weak first-stage candidates and a
-similar number of tokens. Comparable windows keep calibrated scores comparable; the reranker also
+similar number of tokens. Comparable windows keep contrasted scores comparable; the reranker also
 rescales each window's scores by its share of document tokens.
 """
 

@@ -11,9 +11,10 @@ your application already holds, pass ``reranker=Reranker.from_model(model, token
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
-from llama_index.core.bridge.pydantic import Field, ValidationInfo, field_validator, model_validator
+from llama_index.core.bridge import pydantic
+from llama_index.core.bridge.pydantic import ConfigDict, Field
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -21,70 +22,35 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from core_rerank.errors import InvalidInputError
-from core_rerank.inputs import DEFAULT_MAX_DOCUMENTS, check_query
+from core_rerank.inputs import check_query
 from core_rerank.registry import reranker_for
-from core_rerank.wrapper_fields import (
-    check_reranker,
-    deprecated_alias,
-    finite_scores,
-    plain_setting,
-    renamed_setting,
-    settings_from_reranker,
-)
+from core_rerank.wrappers import engine_fields, finite_scores
 
 if TYPE_CHECKING:
     from core_rerank import RankedResults, Reranker
 
 __all__ = ["CoReRerank"]
 
-_FRAMEWORK = ("pydantic", "llama_index")  # frames skipped to point deprecation warnings at the caller
-
 dispatcher = get_dispatcher(__name__)
 
 
-class CoReRerank(BaseNodePostprocessor):
+class CoReRerank(engine_fields(pydantic), BaseNodePostprocessor):
     """Re-rank nodes with the attention of a decoder LLM's retrieval heads (core-rerank).
 
-    One list-wise forward pass scores all candidates together; with ``use_retrieval_scores`` the retriever's
-    scores are fused with the attention. ``NodeWithScore.score`` becomes the relevance
-    score: the calibrated probability that the node is relevant, in [0, 1] (README, "What the scores mean"; the
-    list-relative softmax share for a head list without a fitted map). Nodes without text score 0.
+    The engine fields (``model``, ``heads``, ``dtype``, ``max_doc_tokens``, ...) are those of
+    ``core_rerank.EngineSettings``, with its defaults and checks. One list-wise forward pass scores all candidates
+    together; with ``use_retrieval_scores`` the retriever's scores are fused with the attention.
+    ``NodeWithScore.score`` becomes the relevance score: the calibrated probability that the node is relevant, in
+    [0, 1] (docs/scores.md; the list-relative softmax share for a head list without a fitted map). Nodes without
+    text score 0.
     """
 
-    model: str = Field(
-        default="default",
-        description="'default' (the embedded SmolLM2-135M-Instruct, never needs the network), a packaged model "
-        "name, a local directory, a .gguf file, or a Hugging Face id (loaded as transformers does: from the local "
-        "cache, downloaded first when online; HF_HUB_OFFLINE=1 forbids downloads).",
-    )
-    heads: str | list[tuple[int, int] | str] | None = Field(
-        default=None,
-        description="None for the head list bundled for the model, 'all', a head-list JSON path, "
-        "or [(layer, head), ...].",
-    )
-    quantization: Literal["auto", "4bit", "8bit"] | None = Field(
-        default="auto", description="'auto' (4-bit for 1B+ models on CUDA, else dense), None, '4bit' or '8bit'."
-    )
-    dtype: str | None = Field(
-        default=None,
-        description="Compute dtype ('bfloat16', 'float32', ...). None picks per device: bfloat16 on CUDA GPUs with "
-        "bf16 (else float16) and on CPUs with native bf16, float32 on other CPUs.",
-    )
-    device: str | None = Field(default=None, description="None picks CUDA when available, else CPU.")
-    max_doc_tokens: int = Field(default=400, ge=1, description="Per-document token budget.")
-    max_tokens: int | None = Field(default=None, ge=1, description="Prompt budget per forward pass.")
-    max_documents: int | None = Field(
-        default=DEFAULT_MAX_DOCUMENTS,
-        ge=1,
-        description="Most nodes one call takes (None: no limit); more raise core_rerank.TooManyDocumentsError "
-        "(an InvalidInputError): a guard against re-ranking a whole corpus by mistake.",
-    )
     top_n: int | None = Field(default=3, ge=1, description="Number of nodes kept (None: all).")
     min_relevance_score: float | None = Field(
         default=None,
         allow_inf_nan=False,
         description="Drop nodes whose returned NodeWithScore.score (the calibrated relevance, in [0, 1]) is below "
-        "this value; applied before top_n. None keeps all. (Formerly score_threshold.)",
+        "this value; applied before top_n. None keeps all.",
     )
     use_retrieval_scores: bool = Field(
         default=False,
@@ -95,36 +61,8 @@ class CoReRerank(BaseNodePostprocessor):
     keep_retrieval_score: bool = Field(
         default=False, description="Keep the first-stage score in node.metadata['retrieval_score']."
     )
-    reranker: Any = Field(
-        default=None,
-        exclude=True,
-        description="A ready core_rerank.Reranker to score with, e.g. Reranker.from_model(model, tokenizer) on the "
-        "model your application already holds (no second copy is loaded). The engine settings above then come from "
-        "it (give them to the Reranker); it is not serialized: to_dict() records those settings, so a rebuilt "
-        "postprocessor loads the same model by name.",
-    )
 
-    @field_validator("model", "heads", "dtype", mode="before")
-    @classmethod
-    def _plain(cls, value: Any, info: ValidationInfo) -> Any:
-        # Paths and torch dtypes become plain strings, so model_dump() round-trips.
-        return plain_setting(info.field_name, value)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_score_threshold(cls, data: Any) -> Any:
-        # score_threshold: the deprecated name of min_relevance_score, accepted for one release.
-        data = renamed_setting(
-            data, "score_threshold", "min_relevance_score", "a minimum NodeWithScore.score", _FRAMEWORK
-        )
-        return settings_from_reranker(data)  # with reranker=..., the engine settings are the reranker's
-
-    @field_validator("reranker")
-    @classmethod
-    def _reranker(cls, value: Any) -> Any:
-        return check_reranker(value)
-
-    score_threshold = deprecated_alias("score_threshold", "min_relevance_score", _FRAMEWORK)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
 
     @classmethod
     def class_name(cls) -> str:
@@ -135,7 +73,7 @@ class CoReRerank(BaseNodePostprocessor):
     def engine(self) -> Reranker:
         """The ``core_rerank.Reranker`` it scores with: ``reranker`` when given, else the one for these settings
         (built on first use, shared process-wide)."""
-        return reranker_for(self)
+        return reranker_for(self.engine_settings, self.reranker, type(self).__name__)
 
     # ------------------------------------------------------------------ postprocessor API
     def _postprocess_nodes(
