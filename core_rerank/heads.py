@@ -26,16 +26,19 @@ from .errors import HeadListError, HeadListMismatchError, HeadListNotFoundError,
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "FusionWeight",
     "HeadList",
     "HeadSpec",
+    "RelevanceMap",
     "bundled_head_lists",
     "find_bundled_head_list",
     "load_head_list",
+    "parse_head",
     "resolve_head_list",
 ]
 
 FORMAT = "core-rerank.heads"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METHODS = ("core", "qr", "all", "custom")
 # Preference when a model has several bundled lists.
 _METHOD_PREFERENCE = {"core": 0, "qr": 1, "custom": 2, "all": 3}
@@ -45,6 +48,81 @@ HeadSpec = Union[None, str, os.PathLike, "HeadList", Sequence[Any]]
 """What ``Reranker(heads=...)`` accepts: None (the bundled list of the model), ``"all"``
 (every head, i.e. ICR), a path to a head-list JSON, a :class:`HeadList`, or pairs
 ``[(layer, head), ...]`` / strings ``["13-18", ...]``."""
+
+
+FIT_SETTINGS = ("max_doc_tokens", "order")
+"""The engine settings a relevance map or fusion weight depends on, recorded with it as ``settings``: a map fitted
+on 200-token documents says nothing of 400-token ones. The shipped defaults must equal what every bundled list
+recorded (tested)."""
+
+
+def _fit_settings(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    settings = data.get("settings")
+    if not isinstance(settings, Mapping) or sorted(settings) != sorted(FIT_SETTINGS):
+        raise HeadListError(
+            f"{where}: 'settings' must record the engine settings it was fitted with: {', '.join(FIT_SETTINGS)}"
+        )
+    return dict(settings)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class RelevanceMap:
+    """``relevance = 1 / (1 + exp(-(a * score + b)))``: a raw score as a calibrated probability of relevance
+    (:func:`core_rerank.scoring.relevance`), fitted on labelled training data with the engine ``settings`` it
+    records (``FIT_SETTINGS``). ``a > 0``: the map increases with the score, so it never changes a ranking.
+    ``fitted_on`` says on what; ``info`` keeps the fit's other records (document counts, calibration error, the
+    command that made it)."""
+
+    a: float
+    b: float
+    settings: Mapping[str, Any]
+    fitted_on: str = ""
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> RelevanceMap | None:
+        if data is None:
+            return None
+        if not isinstance(data, Mapping):
+            raise HeadListError(f"{where}: 'relevance_map' must be an object with 'a', 'b' and 'settings'")
+        a, b = data.get("a"), data.get("b")
+        if not (_number(a) and _number(b)) or not a > 0:
+            raise HeadListError(
+                f"{where}: 'relevance_map' needs finite numbers 'a' > 0 and 'b' (got a={a!r}, b={b!r}): "
+                "relevance = 1 / (1 + exp(-(a * score + b))) must increase with the score"
+            )
+        info = {k: v for k, v in data.items() if k not in ("a", "b", "settings", "fitted_on")}
+        return cls(
+            float(a), float(b), _fit_settings(data, f"{where}: 'relevance_map'"), str(data.get("fitted_on", "")), info
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "settings": dict(self.settings), "fitted_on": self.fitted_on, **self.info}
+
+
+@dataclass(frozen=True)
+class FusionWeight:
+    """The weight ``w`` of the first stage's z-scored scores in ``z(attention) + w * z(first stage)``, chosen on
+    dev data for a head list with the engine ``settings`` it records; ``chosen_on`` says on what."""
+
+    weight: float
+    settings: Mapping[str, Any]
+    chosen_on: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> FusionWeight | None:
+        if data is None:
+            return None
+        if not isinstance(data, Mapping) or not _number(data.get("weight")) or data["weight"] < 0:
+            raise HeadListError(f"{where}: 'fusion' must be an object with a finite 'weight' >= 0 and 'settings'")
+        return cls(float(data["weight"]), _fit_settings(data, f"{where}: 'fusion'"), str(data.get("chosen_on", "")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weight": self.weight, "settings": dict(self.settings), "chosen_on": self.chosen_on}
 
 
 @dataclass(frozen=True)
@@ -64,9 +142,13 @@ class HeadList:
     source: str = ""
     score_matrix: tuple[tuple[float, ...], ...] | None = None
     origin: str = "<in memory>"
-    calibration: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    """Maps fitted for these heads on training data: ``relevance`` = ``{"a", "b", ...}`` turns a raw score
-    into a calibrated probability of relevance (:func:`core_rerank.scoring.relevance`); empty when none."""
+    relevance_map: RelevanceMap | None = field(default=None, hash=False)
+    """The fitted map from a raw score to a calibrated probability of relevance; ``None`` when none was fitted."""
+    fusion: FusionWeight | None = field(default=None, hash=False)
+    """The weight of the first stage's scores chosen on dev data for these heads; ``None`` when none was chosen."""
+    fingerprint: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
+    """The model's weights in brief (:mod:`core_rerank.recognition`): how ``Reranker.from_model`` recognises the
+    model however it was loaded; ``None`` for lists of models whose weights were not at hand."""
 
     def __post_init__(self) -> None:
         where = f"head list {self.origin}"
@@ -92,7 +174,6 @@ class HeadList:
                 )
         if self.scores is not None and len(self.scores) != len(self.heads):
             raise HeadListError(f"{where}: {len(self.scores)} scores for {len(self.heads)} heads")
-        _check_calibration(self.calibration, where)
 
     # ----------------------------------------------------------------- views
     @property
@@ -138,7 +219,7 @@ class HeadList:
             num_layers=num_layers,
             num_heads=num_heads,
             num_kv_heads=num_kv_heads,
-            heads=tuple(_parse_pair(p, "user head list") for p in pairs),
+            heads=tuple(parse_head(p, "user head list") for p in pairs),
             method="custom",
             source="given by the caller",
             origin="user pairs",
@@ -155,7 +236,7 @@ class HeadList:
         if version != FORMAT_VERSION:
             raise HeadListError(
                 f"head list {origin}: format_version {version!r} is not supported (this core-rerank reads "
-                f"version {FORMAT_VERSION})"
+                f"version {FORMAT_VERSION}: make the list again with `core-rerank detect-heads` / `calibrate`)"
             )
         missing = [
             k for k in ("model_id", "num_layers", "num_heads", "num_kv_heads", "heads", "method") if k not in data
@@ -172,7 +253,7 @@ class HeadList:
                 num_layers=data["num_layers"],
                 num_heads=data["num_heads"],
                 num_kv_heads=data["num_kv_heads"],
-                heads=tuple(_parse_pair(p, f"head list {origin}") for p in data["heads"]),
+                heads=tuple(parse_head(p, f"head list {origin}") for p in data["heads"]),
                 method=data["method"],
                 scores=None if scores is None else tuple(float(s) for s in scores),
                 tau=None if data.get("tau") is None else float(data["tau"]),
@@ -181,7 +262,9 @@ class HeadList:
                 source=str(data.get("source", "")),
                 score_matrix=None if matrix is None else tuple(tuple(float(v) for v in row) for row in matrix),
                 origin=origin,
-                calibration=_copy_if_mapping(data.get("calibration") or {}),
+                relevance_map=RelevanceMap.from_dict(data.get("relevance_map"), f"head list {origin}"),
+                fusion=FusionWeight.from_dict(data.get("fusion"), f"head list {origin}"),
+                fingerprint=_fingerprint(data.get("fingerprint"), f"head list {origin}"),
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, HeadListError):
@@ -205,7 +288,9 @@ class HeadList:
             "detection": dict(self.detection),
             "source": self.source,
             "score_matrix": None if self.score_matrix is None else [list(r) for r in self.score_matrix],
-            **({"calibration": dict(self.calibration)} if self.calibration else {}),
+            **({"relevance_map": self.relevance_map.to_dict()} if self.relevance_map else {}),
+            **({"fusion": self.fusion.to_dict()} if self.fusion else {}),
+            **({"fingerprint": dict(self.fingerprint)} if self.fingerprint else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -231,33 +316,28 @@ class HeadList:
             )
 
 
-def _copy_if_mapping(value: Any) -> Any:
-    return dict(value) if isinstance(value, Mapping) else value
-
-
-def _check_calibration(calibration: Any, where: str) -> None:
-    """A relevance map must be increasing (a > 0) with finite coefficients: anything else is a corrupt list."""
-    if not isinstance(calibration, Mapping):
-        raise HeadListError(f"{where}: 'calibration' must be an object, got {type(calibration).__name__}")
-    rel = calibration.get("relevance")
-    if rel is None:
-        return
-    if not isinstance(rel, Mapping):
-        raise HeadListError(f"{where}: calibration 'relevance' must be an object with 'a' and 'b'")
-    a, b = rel.get("a"), rel.get("b")
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (a, b))
-    if not numbers or not a > 0:
-        raise HeadListError(
-            f"{where}: calibration 'relevance' needs finite numbers 'a' > 0 and 'b' (got a={a!r}, b={b!r}): "
-            "relevance = 1 / (1 + exp(-(a * score + b))) must increase with the score"
-        )
+def _fingerprint(data: Any, where: str) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    ok = (
+        isinstance(data, Mapping)
+        and isinstance(data.get("shape"), list)
+        and len(data["shape"]) == 2
+        and isinstance(data.get("sample"), list)
+        and all(_number(v) for v in data["sample"])
+    )
+    if not ok:
+        raise HeadListError(f"{where}: 'fingerprint' must be an object with a 'shape' [rows, columns] and a 'sample'")
+    return {"shape": [int(v) for v in data["shape"]], "sample": [float(v) for v in data["sample"]]}
 
 
 def _one_line(match: re.Match[str]) -> str:
     return "[" + ", ".join(x.strip() for x in match.group(1).split(",")) + "]"
 
 
-def _parse_pair(item: Any, where: str) -> tuple[int, int]:
+def parse_head(item: Any, where: str) -> tuple[int, int]:
+    """A head given as ``(layer, head)`` / ``[layer, head]`` or ``"layer-head"``; anything else is a
+    :class:`HeadListError` naming ``where``."""
     if isinstance(item, str):
         parts = item.replace(":", "-").split("-")
         if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
@@ -299,7 +379,7 @@ def bundled_head_lists() -> tuple[HeadList, ...]:
 _QUANT_TAG = re.compile(r"[.-](?:i?q\d\w*|f16|f32|bf16)$", re.IGNORECASE)
 # core-rerank's dequantized copy of a GGUF file is a directory "<stem>-<sha256[:20]>-v<n>" (sources.py): a model
 # loaded from it (``from_pretrained(dir)``, then ``Reranker.from_model``) is named by that directory.
-_CACHE_SUFFIX = re.compile(r"-(?:\d+-\d+-)?[0-9a-f]{20}-v\d+$")
+_CACHE_SUFFIX = re.compile(r"-[0-9a-f]{20}-v\d+$")
 
 
 def _model_name(model_id: str) -> str:
