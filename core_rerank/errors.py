@@ -15,7 +15,8 @@ handlers keep working. The tree::
     │   ├── ModelAccessError (PermissionError)   a gated or private repository: log in, accept its terms
     │   ├── QuantizationError                    a quantization setting or config the model cannot load with
     │   ├── UnsupportedModelError                not a decoder core-rerank can read (no fast tokenizer, ...)
-    │   └── PackagedModelIntegrityError          packaged weights whose SHA-256 is not the pinned one
+    │   ├── PackagedModelIntegrityError          packaged weights whose SHA-256 is not the pinned one
+    │   └── ModelCacheError (OSError)            core-rerank's cache directory cannot be written
     ├── HeadListError (ValueError)               a malformed head list
     │   ├── HeadListNotFoundError (LookupError)  no list bundled for the model and none given
     │   └── HeadListMismatchError                a list made for another model
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidInputTypeError",
     "ModelAccessError",
+    "ModelCacheError",
     "ModelDownloadError",
     "ModelLoadError",
     "ModelNotFoundError",
@@ -94,6 +96,11 @@ class UnsupportedModelError(ModelLoadError):
 
 class PackagedModelIntegrityError(ModelLoadError):
     """A packaged model's weights do not have the SHA-256 this core-rerank release pins for them."""
+
+
+class ModelCacheError(ModelLoadError, OSError):
+    """core-rerank's cache directory (``CORE_RERANK_CACHE``) cannot be written: read-only, full, or not a
+    directory. The message names the directory."""
 
 
 class HeadListError(CoreRerankError, ValueError):

@@ -20,7 +20,7 @@ from .errors import (
     UnsupportedModelError,
 )
 
-__all__ = ["explain_load_failure", "offline"]
+__all__ = ["caused_by", "explain_load_failure", "offline"]
 
 _LOCAL_HINT = (
     "Pass 'default' (the embedded SmolLM2-135M-Instruct), another packaged model, a local model directory, "
@@ -58,6 +58,11 @@ def _raised_in(chain: list[BaseException], *parts: str) -> bool:
 def _is(chain: list[BaseException], *names: str) -> bool:
     """Whether an exception of one of the classes ``names`` (or a subclass) is in the chain."""
     return any(cls.__name__ in names for e in chain for cls in type(e).__mro__)
+
+
+def caused_by(exc: BaseException, *names: str) -> bool:
+    """Whether ``exc`` or an exception in its chain is of a class named in ``names`` (or a subclass)."""
+    return _is(_chain(exc), *names)
 
 
 def explain_load_failure(

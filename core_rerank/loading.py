@@ -25,11 +25,12 @@ from .errors import (
     DeviceUnavailableError,
     InvalidInputError,
     InvalidInputTypeError,
+    QuantizationError,
     UnsupportedModelError,
 )
-from .load_errors import explain_load_failure
+from .load_errors import caused_by, explain_load_failure
 from .once import OncePerKey
-from .sources import ModelSource, dense_directory
+from .sources import ModelSource, Weights, forget_cached_copy, weights
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +112,15 @@ def model_cache_info() -> CacheInfo:
     return CacheInfo(_models.builds, len(_models))
 
 
-def _load_config(location: str, source: ModelSource, local_files_only: bool | None):
+def _load_config(where: Weights, source: ModelSource, local_files_only: bool | None):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(location, revision=source.revision, **_offline_kwargs(local_files_only))
+        return AutoConfig.from_pretrained(
+            where.location, revision=source.revision, **where.kwargs, **_offline_kwargs(local_files_only)
+        )
     except Exception as exc:
-        raise explain_load_failure(exc, source.model_id, location, local_files_only) from exc
+        raise explain_load_failure(exc, source.model_id, where.location, local_files_only) from exc
 
 
 def _offline_kwargs(local_files_only: bool | None) -> dict:
@@ -230,10 +233,10 @@ def _quantization_config(quantization: str | None, dtype: torch.dtype):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def read_shape(source: ModelSource, local_files_only: bool | None = None) -> tuple[ModelShape, str]:
-    """The model's shape and the directory its weights load from (dequantizing a GGUF once)."""
-    location = dense_directory(source)
-    return model_shape(_load_config(location, source, local_files_only)), location
+def read_shape(source: ModelSource, local_files_only: bool | None = None) -> tuple[ModelShape, Weights]:
+    """The model's shape and where its weights load from (dequantizing a GGUF once)."""
+    where = weights(source)
+    return model_shape(_load_config(where, source, local_files_only)), where
 
 
 def load_model(
@@ -250,13 +253,32 @@ def load_model(
     return _models.get(key, lambda: _load(source, num_layers, dtype, quantization, device, local_files_only))
 
 
+_DAMAGED_FILE = ("SafetensorError", "JSONDecodeError", "UnicodeDecodeError", "EOFError", "HeaderTooLarge")
+
+
 def _load(source, num_layers, dtype, quantization, device, local_files_only) -> LoadedModel:
+    """Load from :func:`weights`; a dequantized copy in the cache whose files fail to read (damaged in a way its
+    size checks did not show) is deleted, rebuilt and loaded again, once."""
+    where = weights(source)
+    try:
+        return _load_from(where, source, num_layers, dtype, quantization, device, local_files_only)
+    except Exception as exc:
+        if not caused_by(exc, *_DAMAGED_FILE) or not forget_cached_copy(where.location, f"{type(exc).__name__}: {exc}"):
+            raise
+    return _load_from(weights(source), source, num_layers, dtype, quantization, device, local_files_only)
+
+
+def _load_from(where: Weights, source, num_layers, dtype, quantization, device, local_files_only) -> LoadedModel:
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     quant_config = _quantization_config(quantization, dtype)
-    location = dense_directory(source)
-    config = _load_config(location, source, local_files_only)
+    if quant_config is not None and where.gguf_file is not None:
+        raise QuantizationError(
+            f"{source.model_id}: bitsandbytes cannot quantize a model read from its GGUF file in memory (the "
+            "dequantized cache could not be written): make the cache writable, or use quantization=None"
+        )
+    config = _load_config(where, source, local_files_only)
     shape = model_shape(config)  # of the full model: read before the layer count is cut below
     if not 1 <= num_layers <= shape.num_layers:
         raise InvalidInputError(f"cannot keep {num_layers} layers of a {shape.num_layers}-layer model")
@@ -269,6 +291,7 @@ def _load(source, num_layers, dtype, quantization, device, local_files_only) -> 
         dtype=dtype,
         attn_implementation=capture.ATTN_IMPLEMENTATION,
         revision=source.revision,
+        **where.kwargs,
         **_offline_kwargs(local_files_only),
     )
     if quant_config is not None:
@@ -278,9 +301,9 @@ def _load(source, num_layers, dtype, quantization, device, local_files_only) -> 
     hf_logging.set_verbosity_error()  # the dropped layers are reported as "unused weights": expected
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            location, revision=source.revision, **_offline_kwargs(local_files_only)
+            where.location, revision=source.revision, **where.kwargs, **_offline_kwargs(local_files_only)
         )
-        model = AutoModel.from_pretrained(location, **kwargs)
+        model = AutoModel.from_pretrained(where.location, **kwargs)
     except Exception as exc:
         bnb_failed = isinstance(exc, RuntimeError) and quant_config is not None
         if bnb_failed and "out of memory" not in str(exc).lower():
@@ -288,7 +311,7 @@ def _load(source, num_layers, dtype, quantization, device, local_files_only) -> 
                 f"bitsandbytes {quantization} could not load on device {device!r}: {exc}. "
                 "Use quantization=None (dense) or a device bitsandbytes supports."
             ) from exc
-        raise explain_load_failure(exc, source.model_id, location, local_files_only, quantization) from exc
+        raise explain_load_failure(exc, source.model_id, where.location, local_files_only, quantization) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
     _refuse_encoder(model, source.model_id)

@@ -16,13 +16,12 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import PackagedModelIntegrityError
+from .errors import ModelCacheError, PackagedModelIntegrityError
 
 __all__ = ["PACKAGED_MODELS", "PRESETS", "PackagedModel", "find_packaged"]
 
@@ -71,20 +70,26 @@ class PackagedModel:
             stamp = None
         if stamp is not None and stamp["parts"] == parts:
             return target, self._verified(stamp["sha256"], paths)
-        stamp_file.parent.mkdir(parents=True, exist_ok=True)
         same_files = stamp is not None and [q[:2] for q in stamp.get("parts", [])] == [q[:2] for q in parts]
         if len(paths) == 1:
             digest = _stream(paths)  # one file, used in place
         elif same_files and _stream(paths) == stamp["sha256"]:
             digest = stamp["sha256"]  # the same parts reinstalled: same bytes, new times
         else:
-            digest = _assemble(paths, target)
-            legacy = re.compile(rf"{re.escape(self.name)}-\d+-\d+\.gguf")  # per-install copies, core-rerank <= 0.1
-            for stale in target.parent.iterdir():
-                if legacy.fullmatch(stale.name):
-                    stale.unlink(missing_ok=True)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                digest = _assemble(paths, target)
+            except OSError as exc:
+                raise ModelCacheError(
+                    f"cannot assemble the packaged model {self.name} under {target.parent} ({exc.strerror or exc}): "
+                    "make it writable with room for the model, or set CORE_RERANK_CACHE to a directory that is"
+                ) from exc
         self._verified(digest, paths)
-        _write_json(stamp_file, {"parts": parts, "size": target.stat().st_size, "sha256": digest})
+        try:
+            stamp_file.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(stamp_file, {"parts": parts, "size": target.stat().st_size, "sha256": digest})
+        except OSError:  # a read-only cache: the file is hashed again next time, nothing else is lost
+            pass
         return target, digest
 
     def _verified(self, digest: str | None, paths: list[Path]) -> str:

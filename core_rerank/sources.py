@@ -5,30 +5,52 @@ GGUF files are dequantized once and cached as safetensors (a plain transformers 
 the user cache dir, keyed by the file's SHA-256, so a changed file is never served from a stale
 cache and later loads skip the slow dequantization. This module never downloads: a Hugging Face id is handed
 to transformers, which loads it from its cache or, when online, downloads it.
+
+The cache survives faults. A copy is written into a temporary directory and renamed into place only when
+complete, with a record of its files' sizes written last; a process killed while writing leaves only a
+temporary directory (cleaned up later), never a half copy. Every use checks the record and each safetensors
+file's header against its size, so a truncated or damaged copy is found, rebuilt, and a warning says so. A
+cache that cannot be written (read-only, full) is a :class:`~core_rerank.ModelCacheError` naming the directory;
+the loader then reads the GGUF file in memory instead, with a warning (:func:`weights`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from .errors import DependencyMissingError, ModelNotFoundError
+from .errors import DependencyMissingError, ModelCacheError, ModelNotFoundError
 from .packaged import DEFAULT, PACKAGED_MODELS, PRESETS, PackagedModel, find_packaged
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MODEL_ID", "ModelSource", "cache_dir", "dense_directory", "resolve_source"]
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "ModelSource",
+    "Weights",
+    "cache_dir",
+    "cache_problem",
+    "dense_directory",
+    "forget_cached_copy",
+    "resolve_source",
+    "weights",
+]
 
 DEFAULT_MODEL_ID = PACKAGED_MODELS[DEFAULT].model_id
-_CACHE_FORMAT = "v1"
+_CACHE_FORMAT = "v2"
+_RECORD = "core-rerank-complete.json"  # written last into a copy: the sizes of its files
+_STALE_TMP_SECONDS = 3600  # temporary directories this old were left by a process that died while writing
 
 
 @dataclass(frozen=True)
@@ -131,22 +153,113 @@ def _sha256(path: Path) -> str:
     return _hashes[key]
 
 
+@dataclass(frozen=True)
+class Weights:
+    """Where ``from_pretrained`` reads a model: ``location`` (a directory or hub id), plus ``gguf_file`` when the
+    weights are read from a GGUF file in memory (the dequantized cache could not be written)."""
+
+    location: str
+    gguf_file: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.gguf_file is not None:
+            self.kwargs["gguf_file"] = self.gguf_file
+
+
+def weights(source: ModelSource) -> Weights:
+    """Where to load ``source`` from: its directory or hub id, the dequantized cache of a GGUF file, or, when that
+    cache cannot be written, the GGUF file itself (dequantized in memory at every load, with a warning)."""
+    try:
+        return Weights(dense_directory(source))
+    except ModelCacheError as exc:
+        assert source.gguf_file is not None  # only GGUF sources are cached
+        logger.warning(
+            "%s. Loading %s from its GGUF file in memory instead (slower at every load).", exc, source.model_id
+        )
+        return Weights(str(source.gguf_file.parent), source.gguf_file.name)
+
+
+def _cache_target(source: ModelSource) -> Path:
+    digest = source.sha256 or _sha256(source.gguf_file)
+    return cache_dir() / "gguf" / f"{source.gguf_file.stem}-{digest[:20]}-{_CACHE_FORMAT}"
+
+
 def dense_directory(source: ModelSource) -> str:
-    """A directory ``from_pretrained`` can load quickly: the source itself, or the dequantized GGUF cache."""
+    """A directory ``from_pretrained`` can load quickly: the source itself, or the dequantized GGUF cache (built
+    now if missing, rebuilt with a warning if damaged). :class:`ModelCacheError` when the cache cannot be written."""
     if source.gguf_file is None:
         return source.location
-    digest = source.sha256 or _sha256(source.gguf_file)
-    stem = source.gguf_file.stem
-    target = cache_dir() / "gguf" / f"{stem}-{digest[:20]}-{_CACHE_FORMAT}"
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+    target = _cache_target(source)
+    problem = cache_problem(target)
+    if problem is None:
         return str(target)
-    _dequantize(source.gguf_file, target)
-    if source.packaged:  # older weights of the same packaged model (or older cache names) are dead weight
-        own = re.compile(rf"{re.escape(stem)}-(\d+-\d+-)?[0-9a-f]{{20}}-v\d+")
+    if target.exists():
+        logger.warning("the dequantized copy of %s in %s is %s: rebuilding it", source.model_id, target, problem)
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        _dequantize(source.gguf_file, target)
+    except OSError as exc:
+        raise ModelCacheError(
+            f"cannot write the dequantized copy of {source.model_id} under {target.parent} "
+            f"({exc.strerror or exc}): make it writable with room for the model, or set CORE_RERANK_CACHE to a "
+            "directory that is"
+        ) from exc
+    if source.packaged:  # older weights of the same packaged model, or older cache formats, are dead weight
+        stem = source.gguf_file.stem
+        own = re.compile(rf"{re.escape(stem)}-[0-9a-f]{{20}}-v\d+")
         for stale in target.parent.iterdir():
             if stale != target and stale.is_dir() and own.fullmatch(stale.name):
                 shutil.rmtree(stale, ignore_errors=True)
     return str(target)
+
+
+def forget_cached_copy(location: str, why: str) -> bool:
+    """Delete ``location`` when it is a dequantized copy in core-rerank's cache that failed to load (it is rebuilt
+    on the next load); whether it was one."""
+    path = Path(location)
+    if path.parent != cache_dir() / "gguf" or not path.is_dir():
+        return False
+    logger.warning("the dequantized copy in %s failed to load (%s): rebuilding it", path, why)
+    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
+def cache_problem(target: Path) -> str | None:
+    """What is wrong with a dequantized copy (``None``: it is complete): missing, cut short (no completion record),
+    a file missing or of another size than recorded, or a safetensors file whose header does not match its size."""
+    if not target.is_dir():
+        return "missing"
+    try:
+        record = json.loads((target / _RECORD).read_text(encoding="utf-8"))
+        files = dict(record["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "incomplete (it has no completion record: its writing was cut short)"
+    for name, size in files.items():
+        path = target / name
+        if not path.is_file():
+            return f"incomplete ({name} is missing)"
+        actual = path.stat().st_size
+        if actual != size:
+            return f"corrupt ({name} is {actual} bytes, not the {size} written)"
+        if name.endswith(".safetensors") and not _safetensors_intact(path, actual):
+            return f"corrupt ({name} has a damaged header)"
+    return None
+
+
+def _safetensors_intact(path: Path, size: int) -> bool:
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors: the header must parse and
+    its last tensor must end where the file ends."""
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size - 8:
+                return False
+            header = json.loads(fh.read(n))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return False
+    return 8 + n + max(ends, default=0) == size
 
 
 def _dequantize(gguf_file: Path, target: Path) -> None:
@@ -157,6 +270,7 @@ def _dequantize(gguf_file: Path, target: Path) -> None:
 
     logger.info("dequantizing %s once into %s", gguf_file.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
@@ -168,10 +282,27 @@ def _dequantize(gguf_file: Path, target: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         del model
+        sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+        with open(tmp / _RECORD, "w", encoding="utf-8") as fh:
+            json.dump({"source": gguf_file.name, "files": sizes}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         try:
             os.replace(tmp, target)  # atomic: readers never see a half-written cache
         except OSError:
-            if not (target / "model.safetensors").is_file():
+            if cache_problem(target) is not None:  # another process did not just finish the same copy
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_temporaries(parent: Path) -> None:
+    """Temporary directories left by processes killed while writing a copy (old enough that none is still being
+    written)."""
+    now = time.time()
+    for tmp in parent.glob(".tmp-*"):
+        try:
+            if tmp.is_dir() and now - tmp.stat().st_mtime > _STALE_TMP_SECONDS:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
