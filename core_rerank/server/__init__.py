@@ -17,7 +17,7 @@ from .settings import DEFAULT_PAYLOAD_LIMIT, ServerSettings
 if TYPE_CHECKING:
     from .app import create_app
 
-__all__ = ["DEFAULT_PAYLOAD_LIMIT", "ServerSettings", "create_app", "server_dependencies_missing"]
+__all__ = ["DEFAULT_PAYLOAD_LIMIT", "ServerSettings", "create_app", "require_server", "server_dependencies_missing"]
 
 _DEPENDENCIES = ("fastapi", "uvicorn", "prometheus_client")
 
@@ -27,6 +27,20 @@ def server_dependencies_missing() -> list[str]:
     import importlib.util
 
     return [name for name in _DEPENDENCIES if importlib.util.find_spec(name) is None]
+
+
+def require_server(ray: bool = False) -> None:
+    """Raise :class:`~core_rerank.DependencyMissingError` (with the pip command) unless the ``server`` extra, and
+    with ``ray`` Ray Serve, are installed."""
+    import importlib.util
+
+    from ..errors import DependencyMissingError
+
+    missing = server_dependencies_missing()
+    if missing:
+        raise DependencyMissingError(f"serve needs {', '.join(missing)}: pip install 'core-rerank[server]'")
+    if ray and (importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None):
+        raise DependencyMissingError("--backend ray needs Ray Serve: pip install 'core-rerank[ray]'")
 
 
 def __getattr__(name: str) -> Any:

@@ -60,7 +60,10 @@ def load_deployment_config(path: Path | None = None, replicas: int | None = None
     if path is not None:
         import yaml  # a dependency of Ray
 
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InvalidInputError(f"cannot read the deployment config {path}: {exc}") from None
         section = loaded.get("deployment", loaded) if isinstance(loaded, Mapping) else None
         if not isinstance(section, Mapping):
             raise InvalidInputError(f"{path}: expected a mapping of Ray Serve deployment options under 'deployment:'")
@@ -103,7 +106,7 @@ def _deployment_class() -> type:
     from ray import serve
 
     @serve.ingress()
-    class CoreRerank:
+    class RerankDeployment:
         """One replica: loads the reranker once (torch threads = the CPUs Ray gives the replica), then serves
         :func:`create_app` around it."""
 
@@ -128,7 +131,7 @@ def _deployment_class() -> type:
             app = create_app(self.settings, self.reranker, freeze_heap=True)
             return replica_header(self.replica)(app)
 
-    return CoreRerank
+    return RerankDeployment
 
 
 def build_application(settings: ServerSettings, deployment: Mapping[str, Any] | None = None) -> Any:

@@ -6,9 +6,7 @@ it raises, so another front (Ray Serve's ingress, a batch job) can drive the sam
 
 from __future__ import annotations
 
-import copy
 import logging
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,19 +31,19 @@ UNCALIBRATED_NOTE = (
 
 
 class RerankService:
-    """Holds the reranker (``state``: ``"loading"``, ``"ready"`` or ``"failed"``) and runs jobs on it.
+    """Holds the reranker (``state``: ``"loading"``, ``"ready"``, ``"failed"``, or ``"draining"`` once the process
+    is shutting down) and runs jobs on it.
 
-    ``engine``: a ready :class:`~core_rerank.Reranker` (served as it is: its model, heads and ``max_doc_tokens``
-    are the server's), a callable that builds one (run by :meth:`load`), or ``None`` to build one from
-    ``settings`` (``model``, ``heads``, ``max_doc_tokens``, ``max_documents = max_client_batch_size``).
+    ``engine``: a ready :class:`~core_rerank.Reranker` (served as it is: its settings are the server's), a callable
+    that builds one (run by :meth:`load`), or ``None`` to build one from ``settings.engine``.
     """
 
     def __init__(self, settings: ServerSettings, engine: Reranker | Callable[[], Reranker] | None = None) -> None:
         self.settings = settings
         self.error: str | None = None
+        self.draining = False  # set when the process is told to stop: new requests get 503, running ones finish
         self._reranker: Reranker | None = None
         self._loader: Callable[[], Reranker] | None = None
-        self._loaded = threading.Event()
         if engine is None:
             self._loader = self._from_settings
         elif callable(engine):
@@ -56,6 +54,8 @@ class RerankService:
     # ------------------------------------------------------------------ loading
     @property
     def state(self) -> str:
+        if self.draining:
+            return "draining"
         if self._reranker is not None:
             return "ready"
         return "failed" if self.error is not None else "loading"
@@ -67,8 +67,7 @@ class RerankService:
     def _from_settings(self) -> Reranker:
         from ..reranker import Reranker
 
-        s = self.settings
-        return Reranker(s.model, heads=s.heads, max_doc_tokens=s.max_doc_tokens, max_documents=s.max_client_batch_size)
+        return Reranker.from_settings(self.settings.engine)
 
     def load(self) -> None:
         """Build the reranker (blocking; run it on a thread). A failure is kept in ``error``, logged, and served
@@ -78,8 +77,6 @@ class RerankService:
         except Exception as exc:  # any failure to load: report it, never crash the event loop
             self.error = f"{type(exc).__name__}: {exc}"
             logger.error("core-rerank could not load the model: %s", self.error)
-        finally:
-            self._loaded.set()
 
     def _set(self, reranker: Reranker) -> None:
         self._reranker = reranker
@@ -87,12 +84,12 @@ class RerankService:
             logger.warning("core-rerank serve: %s", UNCALIBRATED_NOTE)
         logger.info("core-rerank serve: ready, %r", reranker)
 
-    def wait_loaded(self, timeout: float | None = None) -> bool:
-        """Block until loading has ended (either way); ``True`` if it ended within ``timeout``."""
-        return self._reranker is not None or self._loaded.wait(timeout)
-
     def require_ready(self) -> Reranker:
-        """The reranker, or a 503 (``Loading`` with ``Retry-After``, or ``LoadFailed``)."""
+        """The reranker, or a 503 (``Loading`` with ``Retry-After``, ``LoadFailed``, or ``ShuttingDown``)."""
+        if self.draining:
+            raise ApiError(
+                503, "ShuttingDown", "the server is shutting down; retry on another replica", {"Retry-After": "1"}
+            )
         if self._reranker is not None:
             return self._reranker
         if self.error is not None:
@@ -109,18 +106,15 @@ class RerankService:
     @property
     def max_doc_tokens(self) -> int:
         rr = self._reranker
-        return rr.max_doc_tokens if rr is not None else self.settings.max_doc_tokens
+        return rr.max_doc_tokens if rr is not None else self.settings.engine.max_doc_tokens
 
     def budget(self, job: RerankJob) -> int:
         """The per-document token budget a job is scored with (a request may lower the server's, not raise it)."""
         return min(job.max_doc_tokens or self.max_doc_tokens, self.max_doc_tokens)
 
     def _engine(self, budget: int) -> Reranker:
-        rr = self.require_ready()
-        if budget != rr.max_doc_tokens:
-            rr = copy.copy(rr)  # shares the loaded model; only this request's settings differ
-            rr.max_doc_tokens = budget
-        return rr
+        # A lower budget than the server's: the same loaded model, this request's setting.
+        return self.require_ready().with_options(max_doc_tokens=budget)
 
     def run(self, job: RerankJob) -> Scored:
         """Score a job (blocking: a worker thread runs it): every document's result, best first."""
@@ -183,12 +177,12 @@ class RerankService:
         out["limits"]["max_doc_tokens"] = self.max_doc_tokens
         rr = self._reranker
         if rr is None:
-            out["model"] = self.settings.model
+            out["model"] = self.settings.engine.model
             if self.error is not None:
                 out["error"] = self.error
             return out
         hl = rr.head_list
-        fit = hl.calibration.get("relevance")
+        fit = hl.relevance_map
         out.update(
             model=rr.model_id,
             heads={
@@ -205,7 +199,7 @@ class RerankService:
             scores={
                 "relevance_score": self.score_kind,
                 "calibrated": fit is not None,
-                "relevance_map": None if fit is None else {k: fit[k] for k in ("a", "b", "fitted_on") if k in fit},
+                "relevance_map": None if fit is None else {"a": fit.a, "b": fit.b, "fitted_on": fit.fitted_on},
                 "raw_scores": "the engine's raw attention score: unbounded, comparable only within one request",
                 **({"note": UNCALIBRATED_NOTE} if fit is None else {}),
             },

@@ -6,11 +6,11 @@ Kept free of FastAPI and torch so the command line can build and check it before
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import InvalidInputError
-from ..inputs import DEFAULT_MAX_DOCUMENTS
+from ..settings import DEFAULT_MAX_DOCUMENTS, EngineSettings
 
 __all__ = ["DEFAULT_PAYLOAD_LIMIT", "ServerSettings"]
 
@@ -21,45 +21,41 @@ DEFAULT_PAYLOAD_LIMIT = 2_000_000
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """The model to load and the serving limits of one ``core-rerank serve`` process.
+    """The reranker to serve and the serving limits of one ``core-rerank serve`` process.
 
     Args:
-        model: the ``Reranker`` model setting (``"default"``, a packaged name, a directory, a ``.gguf`` file, a
-            Hugging Face id). Ignored when the app is given a ready reranker.
-        heads: the ``Reranker`` head setting (``None``: the model's bundled list; ``"all"``; a head-list path).
+        engine: the reranker's :class:`~core_rerank.EngineSettings` (model, heads, dtype, device, quantization,
+            ``max_doc_tokens``, ...). Ignored when the app is given a ready reranker.
         max_concurrent_requests: requests scored at once (worker threads). One model runs one forward pass at a
             time, so more than 1 only overlaps the tokenization of one request with another's forward pass.
         max_queue: requests that may wait for a worker; one more gets ``429 Overloaded`` with ``Retry-After``.
         max_batch_requests: most waiting requests one worker scores together when they share their documents (the
             same texts, budget and ``truncate``), as one ``Reranker.rank_batch`` call; ``1`` scores every request
             alone.
-        max_client_batch_size: most documents in one request (422 beyond; also the reranker's ``max_documents``).
-        max_doc_tokens: per-document token budget: longer documents are cut, as ``Reranker(max_doc_tokens=)``
-            does. A request may lower it (``max_tokens_per_doc``), never raise it.
+        max_client_batch_size: most documents in one request (422 beyond, before the engine sees them).
         timeout: seconds from a request's arrival to its answer (queue and scoring together) before it gets
             ``504``; ``None`` waits as long as it takes.
         payload_limit: largest request body in bytes (``413`` beyond).
         api_key: when set, every endpoint but ``/health`` and ``/metrics`` needs ``Authorization: Bearer KEY``.
     """
 
-    model: str = "default"
-    heads: str | None = None
+    engine: EngineSettings = field(default_factory=EngineSettings)
     max_concurrent_requests: int = 1
     max_queue: int = 16
     max_batch_requests: int = 8
     max_client_batch_size: int = DEFAULT_MAX_DOCUMENTS
-    max_doc_tokens: int = 400
     timeout: float | None = 60.0
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
     api_key: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.engine, EngineSettings):
+            raise InvalidInputError(f"engine must be an EngineSettings, got {type(self.engine).__name__}")
         for name, low in (
             ("max_concurrent_requests", 1),
             ("max_queue", 0),
             ("max_batch_requests", 1),
             ("max_client_batch_size", 1),
-            ("max_doc_tokens", 1),
             ("payload_limit", 1),
         ):
             value = getattr(self, name)
@@ -78,7 +74,7 @@ class ServerSettings:
     def limits(self) -> dict[str, Any]:
         """The limits as ``/info`` reports them (never the API key)."""
         out = asdict(self)
-        for name in ("model", "heads", "api_key"):
+        for name in ("engine", "api_key"):
             out.pop(name)
         out["api_key_required"] = self.api_key is not None
         return out
