@@ -24,8 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import QUERY, documents
+from bench_engine import QUERY, documents  # this directory: run as a script
 
 
 def measure(n_docs: int, repeats: int) -> dict:

@@ -6,7 +6,7 @@
 For each list size (documents of ~150 tokens), on the embedded default model (SmolLM2-135M-Instruct):
   (a) ``Reranker.rank`` with a mid-depth head list (deepest head in layer 14 of 30: the model is cut
       to 15 layers), and with all heads (ICR, no truncation);
-  (b) a bare SDPA forward of the same truncated model on the same prompt (no capture, no calibration);
+  (b) a bare SDPA forward of the same truncated model on the same prompt (no capture, no N/A contrast);
   (c) the ICR reference way: full model, eager attention, ``output_attentions=True``, all heads,
       both the query and the "N/A" prompt run in full, scores computed from the returned matrices.
 Times are medians of repeats in one process (a and b interleaved, then c). Peak extra memory is measured in a fresh
@@ -48,6 +48,13 @@ BATCH_QUERIES = [  # 1 to 16 words: suffixes of different lengths
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact" / "corpus.jsonl"
 
 
+def example_documents() -> list[str]:
+    """The example documents of examples/data/docs.jsonl (short real text), as the engine scores them."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "data" / "docs.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [f"{r['title']}\n{r['text']}" for r in rows]
+
+
 def documents(n: int) -> list[str]:
     """n real documents (SciFact abstracts when ../shared/data is there), each cut to ~150 tokens."""
     texts: list[str] = []
@@ -59,11 +66,9 @@ def documents(n: int) -> list[str]:
                 if len(texts) == n:
                     break
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from conftest import SANITY_DOCS
-
+        short = example_documents()
         while len(texts) < n:
-            texts.append(" ".join(SANITY_DOCS[len(texts) % 8 :] + SANITY_DOCS))
+            texts.append(" ".join(short[len(texts) % len(short) :] + short))
     return [" ".join(t.split()[:115]) for t in texts[:n]]  # ~115 words ~ 150 tokens
 
 
@@ -153,7 +158,7 @@ class Cases:
 
     def _layout(self, placed, query):
         # The engine's own prompt and tokenization, so the baselines read exactly what it reads.
-        w = self.mid._window(query, placed)
+        w = self.mid.prompt(query, placed)
         return w.ids_query, w.query_rows, w.doc_spans
 
     def _ids(self, docs, query):
@@ -210,8 +215,8 @@ def batch_case(cases: Cases, n_queries: int, n_docs: int, repeats: int) -> dict:
     diff = max(abs(g.by_index(i).score - w.by_index(i).score) for g, w in zip(got, want) for i in range(len(docs)))
     same_order = all(g.indices == w.indices for g, w in zip(got, want))
 
-    placed = [d.scored_text for d in rr._placed(rr._prepare(docs))]  # one window: the whole list fits max_tokens
-    windows = [rr._window(q, placed) for q in queries]
+    placed = [d.scored_text for d in rr.placed(rr.prepare(docs))]  # one window: the whole list fits max_tokens
+    windows = [rr.prompt(q, placed) for q in queries]
     args = (
         rr.loaded_model.model,
         rr.head_list.heads_by_layer,

