@@ -22,6 +22,13 @@ os.environ["LLAMA_INDEX_CACHE_DIR"] = str(TEST_CACHE / "llama_index")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+# Under pytest-xdist each worker is a process of its own: one torch thread each, so the workers share the cores
+# instead of oversubscribing them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)
+
 
 def pytest_unconfigure(config):
     if not _KEEP_CACHE:
@@ -276,3 +283,11 @@ def save_tiny_model(path: Path, config=None, tokenizer_from=None) -> Path:
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``ray`` each start a local Ray instance: under pytest-xdist they all run on one worker, one after
+    the other (``--dist loadgroup``), never two Ray instances at once on two cores."""
+    for item in items:
+        if item.get_closest_marker("ray") is not None:
+            item.add_marker(pytest.mark.xdist_group("ray"))

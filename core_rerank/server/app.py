@@ -200,9 +200,9 @@ def shed(state: State) -> None:
         raise overloaded(exc) from None
 
 
-async def _discard(request: Request, budget: int) -> bool:
-    """Read and drop the rest of the body, at most ``budget`` bytes; whether it ended within them."""
-    async for chunk in request.stream():
+async def _drained(chunks: Any, budget: int) -> bool:
+    """Read and drop the rest of a body's chunks, at most ``budget`` bytes; whether it ended within them."""
+    async for chunk in chunks:
         budget -= len(chunk)
         if budget < 0:
             return False
@@ -215,16 +215,17 @@ async def read_json(request: Request, limit: int) -> Any:
     ``DRAIN_LIMIT``; past that the connection is closed after the answer)."""
     too_large = ApiError(413, "PayloadTooLarge", f"the request body is over the {limit}-byte limit")
     declared = request.headers.get("content-length")
+    chunks = request.stream()
     if declared is not None and declared.isdigit() and int(declared) > limit:
         expects = request.headers.get("expect", "").lower() == "100-continue"
-        if expects or int(declared) > DRAIN_LIMIT or not await _discard(request, DRAIN_LIMIT):
+        if expects or int(declared) > DRAIN_LIMIT or not await _drained(chunks, DRAIN_LIMIT):
             too_large.headers["Connection"] = "close"
         raise too_large
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in chunks:
         body += chunk
-        if len(body) > limit:
-            if not await _discard(request, DRAIN_LIMIT - len(body)):
+        if len(body) > limit:  # a chunked body: the limit applies while reading; the rest is dropped
+            if not await _drained(chunks, DRAIN_LIMIT - len(body)):
                 too_large.headers["Connection"] = "close"
             raise too_large
     try:
