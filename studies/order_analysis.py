@@ -397,7 +397,11 @@ def analyze(args) -> None:
 def bundle_section(report: dict, counts: dict) -> dict:
     """What ``studies.bundle fits`` stores, per model id: the train-fitted relevance map (``None``: keep the list's
     own, fitted by ``core-rerank calibrate``) and the dev-chosen fusion weight, with what each was made on."""
-    from core_rerank.sources import resolve_source
+    from core_rerank.packaged import find_packaged
+
+    def model_id(name: str) -> str:  # a packaged model's id, whether or not it is installed here
+        packaged = find_packaged(name)
+        return packaged.model_id if packaged is not None else name
 
     def relevance(cal: dict, train: str) -> dict:
         return {
@@ -428,7 +432,7 @@ def bundle_section(report: dict, counts: dict) -> dict:
         own = m.get("calibration") and m["calibration"].get("source") != "bundled head list"
         if not own and not m.get("fusion_dev_grid"):
             continue  # neither was chosen for this model: its list keeps what it has
-        out[resolve_source(name).model_id] = {
+        out[model_id(name)] = {
             "relevance": relevance(m["calibration"], m["counts"]["train"]) if own else None,
             "fusion": fusion(m["fusion_weight"], m["counts"]["dev"]),
         }
