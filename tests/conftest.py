@@ -13,8 +13,12 @@ import pytest
 # Tests never touch the user's caches or the network: core-rerank's cache (dequantized models) and the caches
 # of Hugging Face, LlamaIndex and matplotlib go to a temporary directory removed after the run. Set
 # CORE_RERANK_TEST_CACHE to a directory of your own to keep the dequantized models between runs (it is kept).
+# The pytest-xdist workers share the run's directory (made by the controlling process, which removes it).
 _KEEP_CACHE = os.environ.get("CORE_RERANK_TEST_CACHE")
-TEST_CACHE = Path(_KEEP_CACHE or tempfile.mkdtemp(prefix="core-rerank-tests-"))
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+_SHARED = os.environ.get("_CORE_RERANK_RUN_CACHE") if _WORKER else None
+TEST_CACHE = Path(_KEEP_CACHE or _SHARED or tempfile.mkdtemp(prefix="core-rerank-tests-"))
+os.environ["_CORE_RERANK_RUN_CACHE"] = str(TEST_CACHE)
 os.environ["CORE_RERANK_CACHE"] = str(TEST_CACHE / "core-rerank")
 os.environ["HF_HOME"] = str(TEST_CACHE / "huggingface")
 os.environ["MPLCONFIGDIR"] = str(TEST_CACHE / "matplotlib")
@@ -24,14 +28,24 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 # Under pytest-xdist each worker is a process of its own: one torch thread each, so the workers share the cores
 # instead of oversubscribing them.
-if os.environ.get("PYTEST_XDIST_WORKER"):
+if _WORKER:
     import torch
 
     torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    """In the controlling process, before any worker starts: dequantize the default model once into the run's cache,
+    so the workers read one copy instead of each building its own at the same time."""
+    if _WORKER or not default_model_installed():
+        return
+    from core_rerank.sources import dense_directory, resolve_source
+
+    dense_directory(resolve_source("default"))
+
+
 def pytest_unconfigure(config):
-    if not _KEEP_CACHE:
+    if not _KEEP_CACHE and not _WORKER:
         shutil.rmtree(TEST_CACHE, ignore_errors=True)
 
 

@@ -79,6 +79,7 @@ def test_default_model_batch_equals_rank(default_rr):
     assert_batch_equals_rank(default_rr, PLAIN, SANITY_DOCS, top_n=3, min_score=0.0)
 
 
+@pytest.mark.slow  # a long list in several windows, every query alone and together
 def test_default_model_batch_equals_rank_over_windows():
     rr = Reranker(max_tokens=400, max_doc_tokens=64)  # the default model, shared with default_rr
     docs = SANITY_DOCS * 3  # ~900 tokens: three windows of 400
