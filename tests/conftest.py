@@ -16,6 +16,8 @@ import pytest
 # The pytest-xdist workers share the run's directory (made by the controlling process, which removes it).
 _KEEP_CACHE = os.environ.get("CORE_RERANK_TEST_CACHE")
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+_USER_CACHE = os.environ.get("_CORE_RERANK_USER_CACHE") or os.environ.get("CORE_RERANK_CACHE") or ""
+os.environ["_CORE_RERANK_USER_CACHE"] = _USER_CACHE
 _SHARED = os.environ.get("_CORE_RERANK_RUN_CACHE") if _WORKER else None
 TEST_CACHE = Path(_KEEP_CACHE or _SHARED or tempfile.mkdtemp(prefix="core-rerank-tests-"))
 os.environ["_CORE_RERANK_RUN_CACHE"] = str(TEST_CACHE)
@@ -35,13 +37,28 @@ if _WORKER:
 
 
 def pytest_configure(config):
-    """In the controlling process, before any worker starts: dequantize the default model once into the run's cache,
-    so the workers read one copy instead of each building its own at the same time."""
+    """In the controlling process, before any worker starts: put the default model's dequantized copy into the run's
+    cache once, so the workers read one copy instead of each building its own at the same time. A complete copy in
+    your own cache (``rank`` made one) is copied, never changed; else it is dequantized here."""
     if _WORKER or not default_model_installed():
         return
-    from core_rerank.sources import dense_directory, resolve_source
+    from core_rerank import sources
 
-    dense_directory(resolve_source("default"))
+    source = sources.resolve_source("default")
+    target = sources._cache_target(source)
+    if sources.cache_problem(target) is not None:
+        yours = _user_cache_dir() / "gguf" / target.name
+        if yours != target and sources.cache_problem(yours) is None:
+            shutil.copytree(yours, target, dirs_exist_ok=True)
+    sources.dense_directory(source)
+
+
+def _user_cache_dir() -> Path:
+    """Where core-rerank's cache is outside the tests (as ``sources.cache_dir`` finds it)."""
+    if _USER_CACHE:
+        return Path(_USER_CACHE).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "core-rerank"
 
 
 def pytest_unconfigure(config):
