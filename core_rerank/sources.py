@@ -174,10 +174,16 @@ def weights(source: ModelSource) -> Weights:
         return Weights(dense_directory(source))
     except ModelCacheError as exc:
         assert source.gguf_file is not None  # only GGUF sources are cached
-        logger.warning(
-            "%s. Loading %s from its GGUF file in memory instead (slower at every load).", exc, source.model_id
-        )
+        said = (source.gguf_file, cache_dir())
+        if said not in _in_memory:  # said once per file, cache directory and process
+            _in_memory.add(said)
+            logger.warning(
+                "%s. Loading %s from its GGUF file in memory instead (slower at every load).", exc, source.model_id
+            )
         return Weights(str(source.gguf_file.parent), source.gguf_file.name)
+
+
+_in_memory: set[tuple[Path, Path]] = set()
 
 
 def _cache_target(source: ModelSource) -> Path:
