@@ -11,7 +11,7 @@ quantized (4-bit GGUF against the original: r > 0.99), match; another model, eve
 
 from __future__ import annotations
 
-import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,12 +53,10 @@ def fingerprint_of(model: Any) -> dict[str, Any] | None:
 
 def correlation(a: Sequence[float], b: Sequence[float]) -> float:
     """Pearson correlation of two equal-length samples (0 when either does not vary)."""
-    n = len(a)
-    ma, mb = sum(a) / n, sum(b) / n
-    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
-    va = sum((x - ma) ** 2 for x in a)
-    vb = sum((y - mb) ** 2 for y in b)
-    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else 0.0
+    try:
+        return statistics.correlation(a, b)
+    except statistics.StatisticsError:  # a constant sample
+        return 0.0
 
 
 def similarity(given: Mapping[str, Any], listed: Mapping[str, Any]) -> float | None:

@@ -165,8 +165,8 @@ class Reranker:
         the model to another device, need a new ``from_model``.
 
         ``heads=None`` picks the head list bundled for these weights, however they were loaded (a hub id, a
-        directory, a GGUF file): found by the config's ``name_or_path``, the GGUF file's own metadata, or a
-        fingerprint of the weights; ``head_list_match`` says which. Weights without a bundled list raise
+        directory, a GGUF file): found by the config's ``name_or_path``, else by a fingerprint of the weights
+        (:mod:`core_rerank.recognition`); ``head_list_match`` says which. Weights without a bundled list raise
         :class:`~core_rerank.HeadListNotFoundError` unless ``heads`` is given. Encoders are refused with
         :class:`~core_rerank.UnsupportedModelError`.
         """
@@ -217,21 +217,33 @@ class Reranker:
         return self
 
     def _configure(self, loaded: LoadedModel, settings: EngineSettings) -> None:
-        """Settings that need the loaded tokenizer (prompt overhead, context cap), shared by every constructor."""
-        shape = loaded.shape
-        self.settings = settings
+        """What every constructor does once the model is loaded: read its prompt format, then apply ``settings``."""
         self._loaded: LoadedModel = loaded
         self._markers = chat_markers(loaded.tokenizer)
-        if settings.max_tokens is not None and settings.max_tokens > shape.context_length:
+        self._overhead = len(self._encode(build_prompt(self._markers, [], NULL_QUERY)).ids)
+        self._apply(settings)
+
+    def _apply(self, settings: EngineSettings) -> None:
+        """The settings that need no model work: the context cap, the fusion weight, and the check that one document
+        of ``max_doc_tokens`` fits ``max_tokens``."""
+        context = self._loaded.shape.context_length
+        if settings.max_tokens is not None and settings.max_tokens > context:
             logger.warning(
                 "max_tokens=%d exceeds %s's context of %d tokens: using %d",
                 settings.max_tokens,
                 self.model_id,
-                shape.context_length,
-                shape.context_length,
+                context,
+                context,
             )
-        self.max_tokens = min(settings.max_tokens or DEFAULT_MAX_TOKENS, shape.context_length)
+        max_tokens = min(settings.max_tokens or DEFAULT_MAX_TOKENS, context)
+        if self._overhead + self._label_tokens(1) + settings.max_doc_tokens + 64 > max_tokens:
+            raise InvalidInputError(
+                f"max_tokens={max_tokens} cannot hold one document of max_doc_tokens={settings.max_doc_tokens} "
+                f"plus the prompt ({self._overhead} tokens) and a query; raise max_tokens or lower max_doc_tokens"
+            )
         chosen = self.head_list.fusion
+        self.settings = settings
+        self.max_tokens = max_tokens
         self.fusion_weight = (
             settings.fusion_weight
             if settings.fusion_weight is not None
@@ -239,25 +251,19 @@ class Reranker:
             if chosen is not None
             else DEFAULT_FUSION_WEIGHT
         )
-        self._overhead = len(self._encode(build_prompt(self._markers, [], NULL_QUERY)).ids)
-        if self._overhead + self._label_tokens(1) + settings.max_doc_tokens + 64 > self.max_tokens:
-            raise InvalidInputError(
-                f"max_tokens={self.max_tokens} cannot hold one document of max_doc_tokens={settings.max_doc_tokens} "
-                f"plus the prompt ({self._overhead} tokens) and a query; raise max_tokens or lower max_doc_tokens"
-            )
 
     def with_options(self, **changes: Any) -> Reranker:
         """A reranker on the same loaded model with some settings changed (``max_doc_tokens``, ``order``, ...): no
-        second copy of the weights. Settings that choose the model (``LOAD_SETTINGS``) cannot change this way."""
+        second copy of the weights, no model work. Settings that choose the model (``LOAD_SETTINGS``) cannot change
+        this way."""
         fixed = sorted(set(changes) & set(LOAD_SETTINGS))
         if fixed:
             raise InvalidInputError(f"{', '.join(fixed)} choose the model: build another Reranker for them")
         settings = EngineSettings.from_options({**self.settings.to_dict(), **changes})
         if settings == self.settings:
             return self
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone._configure(self._loaded, settings)
+        clone = self.__copy__()
+        clone._apply(settings)
         return clone
 
     # ------------------------------------------------------------------ settings as attributes

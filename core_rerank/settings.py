@@ -205,11 +205,6 @@ class EngineSettings:
         default = EngineSettings()
         return {k: v for k, v in self.to_dict().items() if v != getattr(default, k)}
 
-    @property
-    def load_key(self) -> tuple:
-        """The settings that decide which model is loaded and how (rerankers equal in these share a model)."""
-        return tuple(getattr(self, name) for name in LOAD_SETTINGS)
-
 
 LOAD_SETTINGS = ("model", "heads", "quantization", "dtype", "device", "local_files_only", "revision")
 """Settings fixed by the loaded model: a reranker can change its others (:meth:`Reranker.with_options`)."""

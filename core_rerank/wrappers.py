@@ -16,9 +16,12 @@ import math
 from collections.abc import Mapping, Sequence
 from functools import cache
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .settings import EngineSettings, option_names
+
+if TYPE_CHECKING:
+    from .reranker import Reranker
 
 __all__ = ["engine_fields", "finite_scores"]
 
@@ -57,6 +60,14 @@ def engine_fields(pydantic: ModuleType) -> type:
         def engine_settings(self) -> EngineSettings:
             """The engine fields as one :class:`~core_rerank.EngineSettings` (checked)."""
             return EngineSettings.from_options({name: getattr(self, name) for name in option_names()})
+
+        @property
+        def engine(self) -> Reranker:
+            """The ``core_rerank.Reranker`` it scores with: ``reranker`` when given, else the one for these settings
+            (built on first use, shared process-wide)."""
+            from .registry import reranker_for
+
+            return reranker_for(self.engine_settings, self.reranker, type(self).__name__)
 
     # Typed Any: EngineSettings is the one check of every value (pydantic would check them again, in its own words,
     # and refuse a path or a torch.dtype that the settings take).

@@ -21,11 +21,10 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field
 
 from core_rerank.inputs import check_query
-from core_rerank.registry import reranker_for
 from core_rerank.wrappers import engine_fields, finite_scores
 
 if TYPE_CHECKING:
-    from core_rerank import RankedResults, Reranker
+    from core_rerank import RankedResults
 
 __all__ = ["CoReRerank"]
 
@@ -54,13 +53,6 @@ class CoReRerank(engine_fields(pydantic), BaseDocumentCompressor):
     retrieval, not for every model (docs/retriever_study.md)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_attribute_docstrings=True)
-
-    # ------------------------------------------------------------------ engine
-    @property
-    def engine(self) -> Reranker:
-        """The ``core_rerank.Reranker`` it scores with: ``reranker`` when given, else the one for these settings
-        (built on first use, shared process-wide)."""
-        return reranker_for(self.engine_settings, self.reranker, type(self).__name__)
 
     # ------------------------------------------------------------------ compressor API
     def compress_documents(

@@ -23,11 +23,10 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from core_rerank.errors import InvalidInputError
 from core_rerank.inputs import check_query
-from core_rerank.registry import reranker_for
 from core_rerank.wrappers import engine_fields, finite_scores
 
 if TYPE_CHECKING:
-    from core_rerank import RankedResults, Reranker
+    from core_rerank import RankedResults
 
 __all__ = ["CoReRerank"]
 
@@ -67,13 +66,6 @@ class CoReRerank(engine_fields(pydantic), BaseNodePostprocessor):
     @classmethod
     def class_name(cls) -> str:
         return "CoReRerank"
-
-    # ------------------------------------------------------------------ engine
-    @property
-    def engine(self) -> Reranker:
-        """The ``core_rerank.Reranker`` it scores with: ``reranker`` when given, else the one for these settings
-        (built on first use, shared process-wide)."""
-        return reranker_for(self.engine_settings, self.reranker, type(self).__name__)
 
     # ------------------------------------------------------------------ postprocessor API
     def _postprocess_nodes(
