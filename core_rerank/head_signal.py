@@ -23,7 +23,15 @@ from transformers.cache_utils import DynamicLayer
 from .capture import AttentionCapture, capturing
 from .errors import ScoringError
 
-__all__ = ["HeadSignals", "PromptTokens", "croppable", "head_signals_many", "shared_prefix"]
+__all__ = [
+    "HeadSignals",
+    "PrefixContext",
+    "PromptTokens",
+    "cache_argument",
+    "croppable",
+    "head_signals_many",
+    "shared_prefix",
+]
 
 CacheReuse = Literal["auto", "copy", "crop"]
 
@@ -34,6 +42,16 @@ class PromptTokens:
 
     ids: Sequence[int]
     query_rows: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PrefixContext:
+    """A KV cache made before the prompts run (block attention's prefix and document blocks): ``tokens`` keys, the
+    prompts' first token at rotary position ``position``."""
+
+    cache: DynamicCache
+    tokens: int
+    position: int
 
 
 @dataclass(frozen=True)
@@ -85,15 +103,17 @@ def _stack(
 
 
 @functools.cache
-def _cache_argument(model_class: type) -> str:
+def cache_argument(model_class: type) -> str:
+    """The name of the KV-cache argument of ``model_class.forward``."""
     # transformers renamed `past_key_values` to `cache` (deprecated from 5.2x, removed in 5.40).
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
-def _forward(model, ids: Sequence[int], cache: DynamicCache, capture: AttentionCapture, device) -> None:
-    kwargs = {_cache_argument(type(model)): cache}
+def _forward(model, ids: Sequence[int], cache: DynamicCache, capture: AttentionCapture, device, position: int) -> None:
+    kwargs = {cache_argument(type(model)): cache}
+    positions = torch.arange(position, position + len(ids), device=device)[None]
     with capturing(capture):
-        model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True, **kwargs)
+        model(input_ids=torch.tensor([list(ids)], device=device), position_ids=positions, use_cache=True, **kwargs)
 
 
 def croppable(cache: DynamicCache) -> bool:
@@ -141,6 +161,7 @@ def head_signals_many(
     key_end: int,
     model_name: str = "",
     cache_reuse: CacheReuse = "auto",
+    context: PrefixContext | None = None,
 ) -> list[HeadSignals]:
     """Signals of every prompt in ``queries`` and of the ``null`` (N/A) prompt, all over the same documents:
     the shared token prefix runs once, then the N/A suffix once and each query's suffix once.
@@ -150,6 +171,8 @@ def head_signals_many(
     how each suffix starts from the prefix's KV cache: ``"copy"`` runs it on a deep copy (valid for any
     cache), ``"crop"`` runs it on the cache itself and crops its tokens off afterwards (no copy; only
     where :func:`croppable`), ``"auto"`` crops where valid and copies elsewhere. Both give the same numbers.
+    ``context``: the prompts run on top of this KV cache (block attention): their ids and query rows count from
+    its end, and ``key_end`` from its start.
     Raises :class:`ScoringError` when a selected layer's attention was never captured or a signal is not
     finite.
     """
@@ -161,11 +184,13 @@ def head_signals_many(
     prompts = [null, *queries]
     shared = shared_prefix(prompts)
     heads_by_layer = dict(sorted(heads_by_layer.items()))
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config) if context is None else context.cache
+    base = 0 if context is None else context.tokens  # cache index of the prompts' first token
+    offset = 0 if context is None else context.position - context.tokens  # rotary position = cache index + offset
     # Span rows inside the prefix are the same token positions in every prompt (shared_prefix sees to it).
-    prefix = AttentionCapture(heads_by_layer, (null.query_rows[0], shared), key_end, 0)
+    prefix = AttentionCapture(heads_by_layer, (base + null.query_rows[0], base + shared), key_end, base)
     if shared:
-        _forward(model, null.ids[:shared], cache, prefix, device)
+        _forward(model, null.ids[:shared], cache, prefix, device, base + offset)
     crop = cache_reuse == "crop" or (cache_reuse == "auto" and croppable(cache))
     if crop and not croppable(cache):
         raise ValueError(f"cache_reuse='crop': the KV cache of {model_name or type(model).__name__} cannot be cropped")
@@ -175,10 +200,9 @@ def head_signals_many(
         last = i == len(prompts) - 1
         on = cache if crop or last else copy.deepcopy(cache)
         suffix = prompt.ids[shared:]
-        capture = AttentionCapture(
-            heads_by_layer, (max(shared, prompt.query_rows[0]), prompt.query_rows[1]), key_end, shared
-        )
-        _forward(model, suffix, on, capture, device)
+        rows = (base + max(shared, prompt.query_rows[0]), base + prompt.query_rows[1])
+        capture = AttentionCapture(heads_by_layer, rows, key_end, base + shared)
+        _forward(model, suffix, on, capture, device, base + shared + offset)
         if crop and not last:
             cache.crop(-len(suffix))
         passes.append(capture)

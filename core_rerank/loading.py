@@ -28,6 +28,7 @@ from .errors import (
     QuantizationError,
     UnsupportedModelError,
 )
+from .kv_cache import DocumentKVCache
 from .load_errors import caused_by, explain_load_failure
 from .once import OncePerKey
 from .sources import ModelSource, Weights, forget_cached_copy, weights
@@ -90,6 +91,8 @@ class LoadedModel:
     quantization: str | None
     device: str
     lock: threading.RLock = field(default_factory=threading.RLock)
+    kv_cache: DocumentKVCache = field(default_factory=DocumentKVCache)
+    """Document keys and values of block attention, shared by every reranker on this model."""
 
     @property
     def num_parameters(self) -> int:

@@ -19,15 +19,19 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BlockParts",
     "ChatMarkers",
     "EncodedPrompt",
     "Prompt",
     "TokenSpans",
+    "block_parts",
     "build_prompt",
     "chat_markers",
     "cut_to_tokens",
     "encode_prompt",
+    "plain_ids",
     "plain_token_count",
+    "query_suffix",
 ]
 
 INTRO = "Here are some paragraphs:\n\n"
@@ -140,6 +144,43 @@ def _special_wrapping(tokenizer) -> tuple[list[int], list[int]]:
         if full[head : head + len(plain)] == plain:
             return full[:head], full[head + len(plain) :]
     return [], []
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """The query-independent token pieces of a block-attention prompt (:mod:`core_rerank.block`): the ``prefix``
+    (BOS where the tokenizer adds one, the chat turn's start, the intro), the ``separator`` after each document,
+    and the ``tail`` after the query (the chat turn's end, EOS where the tokenizer adds one)."""
+
+    prefix: tuple[int, ...]
+    separator: tuple[int, ...]
+    tail: tuple[int, ...]
+
+
+def _ids(tokenizer, text: str, plain: bool) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=plain)["input_ids"] if text else []
+
+
+def block_parts(tokenizer, markers: ChatMarkers, add_special_tokens: bool) -> BlockParts:
+    """The pieces of the block prompt around documents and query, tokenized as :func:`encode_prompt` tokenizes
+    the full prompt's: chat markers with special-token parsing, text as plain text."""
+    head, tail = _special_wrapping(tokenizer) if add_special_tokens else ([], [])
+    prefix = head + _ids(tokenizer, markers.prefix, False) + _ids(tokenizer, INTRO, True)
+    return BlockParts(
+        tuple(prefix), tuple(_ids(tokenizer, "\n\n", True)), tuple(_ids(tokenizer, markers.suffix, False) + tail)
+    )
+
+
+def query_suffix(tokenizer, parts: BlockParts, query: str) -> tuple[list[int], tuple[int, int]]:
+    """The block prompt's suffix for ``query`` (instruction, "Query: ", the query, then ``parts.tail``) and its
+    query-span rows (the instruction to the query's end, as the full prompt's span), as suffix token indices."""
+    span = _ids(tokenizer, INSTRUCTION + QUERY_LABEL + query, True)
+    return span + list(parts.tail), (0, len(span))
+
+
+def plain_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` as user text (special-token spellings split), without BOS/EOS."""
+    return _ids(tokenizer, text, True)
 
 
 def plain_token_count(tokenizer, text: str) -> int:

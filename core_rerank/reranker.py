@@ -14,18 +14,36 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from . import scoring
-from .errors import ContextLengthError, HeadListNotFoundError, InvalidInputError, InvalidInputTypeError
+from .block import BlockLayout, BlockPrompt, block_context, supports_blocks
+from .errors import (
+    ContextLengthError,
+    HeadListNotFoundError,
+    InvalidInputError,
+    InvalidInputTypeError,
+    UnsupportedModelError,
+)
 from .head_signal import HeadSignals, PromptTokens, head_signals_many
 from .heads import HeadList, HeadSpec, resolve_head_list
 from .inputs import check_documents, check_first_stage_scores, check_query, check_threshold, check_top_n, document_text
 from .loading import LoadedModel, load_model, read_shape, resolve_device, resolve_dtype, resolve_quantization
-from .prompt import NULL_QUERY, TokenSpans, build_prompt, chat_markers, cut_to_tokens, encode_prompt, plain_token_count
+from .prompt import (
+    NULL_QUERY,
+    TokenSpans,
+    block_parts,
+    build_prompt,
+    chat_markers,
+    cut_to_tokens,
+    encode_prompt,
+    plain_ids,
+    plain_token_count,
+    query_suffix,
+)
 from .results import RankedResults, RankResult
 from .settings import DEFAULT_FUSION_WEIGHT, DEFAULT_MAX_TOKENS, LOAD_SETTINGS, EngineSettings
 from .sources import resolve_source
@@ -33,7 +51,7 @@ from .windows import plan_windows
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreparedDocument", "Prompt", "Reranker", "Window", "WindowSignals"]
+__all__ = ["BlockPrompt", "PreparedDocument", "Prompt", "Reranker", "Window", "WindowSignals"]
 
 Document = str | Mapping[str, Any]
 
@@ -73,17 +91,22 @@ class Prompt:
 @dataclass(frozen=True)
 class Window:
     """One forward pass of a ranking: its documents in placement order (``placed[i]`` is at ``prompt.doc_spans[i]``)
-    and its prompt."""
+    and its prompt (a :class:`Prompt`, or a :class:`~core_rerank.block.BlockPrompt` with ``attention="block"``)."""
 
     placed: list[PreparedDocument]
-    prompt: Prompt
+    prompt: Prompt | BlockPrompt
 
 
 @dataclass(frozen=True)
-class WindowSignals(Prompt):
-    """Attention signals of one prompt and where its parts sit, in token indices."""
+class WindowSignals:
+    """Attention signals of one prompt, and the prompt (where its parts sit, in token indices)."""
 
+    prompt: Prompt | BlockPrompt
     signals: HeadSignals
+
+    @property
+    def doc_spans(self) -> list[tuple[int, int]]:
+        return self.prompt.doc_spans
 
 
 class Reranker:
@@ -221,6 +244,8 @@ class Reranker:
         self._loaded: LoadedModel = loaded
         self._markers = chat_markers(loaded.tokenizer)
         self._overhead = len(self._encode(build_prompt(self._markers, [], NULL_QUERY)).ids)
+        with loaded.lock:
+            self._block_parts = block_parts(loaded.tokenizer, self._markers, self._add_special)
         self._apply(settings)
 
     def _apply(self, settings: EngineSettings) -> None:
@@ -241,6 +266,15 @@ class Reranker:
                 f"max_tokens={max_tokens} cannot hold one document of max_doc_tokens={settings.max_doc_tokens} "
                 f"plus the prompt ({self._overhead} tokens) and a query; raise max_tokens or lower max_doc_tokens"
             )
+        if settings.attention == "block" and not supports_blocks(self._loaded.model.config):
+            raise UnsupportedModelError(
+                f"attention='block' needs full attention in every layer, and {self.model_id} has sliding-window "
+                "layers (their KV cache cannot be put together from documents encoded apart): use attention='full'"
+            )
+        parts = self._block_parts
+        self.block_layout = BlockLayout(parts.prefix, parts.separator, settings.max_doc_tokens + len(parts.separator))
+        """Where block attention places the prefix, documents and query (:mod:`core_rerank.block`)."""
+        self._loaded.kv_cache.reserve(settings.kv_cache_mb * 2**20)
         chosen = self.head_list.fusion
         self.settings = settings
         self.max_tokens = max_tokens
@@ -410,11 +444,21 @@ class Reranker:
 
     def placed(self, docs: Sequence[PreparedDocument]) -> list[PreparedDocument]:
         """``docs`` in the order the prompt holds them (``order``: ``"reverse"`` puts the first one last, nearest
-        the query)."""
-        return list(docs[::-1]) if self.order == "reverse" else list(docs)
+        the query; with ``attention="block"`` there is no order and the input order is kept)."""
+        return list(docs[::-1]) if self.order == "reverse" and self.settings.attention == "full" else list(docs)
 
-    def prompt(self, query: str, texts: Sequence[str]) -> Prompt:
-        """The prompt (real and N/A) holding ``texts`` in exactly this order (no placement, no cut, no window)."""
+    def prompt(self, query: str, texts: Sequence[str]) -> Prompt | BlockPrompt:
+        """The prompt (real and N/A) holding ``texts`` in exactly this order (no placement, no cut, no window): a
+        :class:`BlockPrompt` with ``attention="block"``."""
+        if self.settings.attention == "block":
+            with self._loaded.lock:
+                tok = self._loaded.tokenizer
+                docs = [plain_ids(tok, t) for t in texts]
+                real, null = (
+                    query_suffix(tok, self._block_parts, query),
+                    query_suffix(tok, self._block_parts, NULL_QUERY),
+                )
+            return BlockPrompt.build(self.block_layout, docs, real, null)
         real = build_prompt(self._markers, texts, query)
         null = build_prompt(self._markers, texts, NULL_QUERY)
         enc_r, enc_n = self._encode(real), self._encode(null)
@@ -433,7 +477,8 @@ class Reranker:
         so none can exceed it (label lengths and merges included)."""
         docs = list(docs)
         query_tokens = self._count(query)
-        label = self._label_tokens(len(docs))
+        block = self.settings.attention == "block"
+        label = len(self.block_layout.separator) if block else self._label_tokens(len(docs))
         sizes = [d.tokens + label for d in docs]
         budget = self.max_tokens - self._overhead - query_tokens
         while True:
@@ -452,11 +497,14 @@ class Reranker:
                 return windows
             budget -= over  # tokens merged differently in place than alone: re-plan with the measured excess
 
-    def signals(self, prompts: Sequence[Prompt]) -> list[HeadSignals]:
+    def signals(self, prompts: Sequence[Prompt | BlockPrompt]) -> list[HeadSignals]:
         """Run prompts that hold the same documents and differ only in their query (one per query): the shared
         prefix and the N/A suffix run once, then each query's suffix. The selected heads' attention signals, one per
-        prompt, in order."""
+        prompt, in order. Block prompts run on the documents' keys and values (from the document KV cache where it
+        holds them)."""
         null = prompts[0]
+        if isinstance(null, BlockPrompt):
+            return self._block_signals(prompts)
         if any(p.ids_null != null.ids_null for p in prompts[1:]):
             raise InvalidInputError("prompts run together must hold the same documents")
         with self._loaded.lock:
@@ -467,6 +515,23 @@ class Reranker:
                 PromptTokens(null.ids_null, null.null_rows),
                 max((b for p in prompts for _, b in p.doc_spans), default=0),
                 model_name=self.model_id,
+            )
+
+    def _block_signals(self, prompts: Sequence[BlockPrompt]) -> list[HeadSignals]:
+        null = prompts[0]
+        if any(not isinstance(p, BlockPrompt) or p.blocks != null.blocks or p.starts != null.starts for p in prompts):
+            raise InvalidInputError("prompts run together must hold the same documents")
+        kv_cache = self._loaded.kv_cache if self.settings.kv_cache_mb else None
+        with self._loaded.lock:
+            context = block_context(self._loaded.model, null, kv_cache)
+            return head_signals_many(
+                self._loaded.model,
+                self.head_list.heads_by_layer,
+                [PromptTokens(p.ids_query, p.query_rows) for p in prompts],
+                PromptTokens(null.ids_null, null.null_rows),
+                null.context_tokens,
+                model_name=self.model_id,
+                context=context,
             )
 
     @staticmethod
@@ -504,8 +569,7 @@ class Reranker:
                 f"the prompt is {prompt.length} tokens, over max_tokens={self.max_tokens}: pass fewer or shorter "
                 "texts, or raise max_tokens"
             )
-        signals = self.signals([prompt])[0]
-        return WindowSignals(**{f.name: getattr(prompt, f.name) for f in fields(prompt)}, signals=signals)
+        return WindowSignals(prompt, self.signals([prompt])[0])
 
     # ------------------------------------------------------------------ objects
     def __repr__(self) -> str:

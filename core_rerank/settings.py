@@ -140,11 +140,30 @@ class EngineSettings:
             "Weight of the retriever's scores when they are fused. Default: the head list's own.",
         ),
     )
+    attention: Literal["full", "block"] = field(
+        default="full",
+        metadata=_help(
+            "'full': one list-wise prompt, every document attending the ones before it (the CoRe paper's prompt); "
+            "'block': each document encoded on its own after the shared prefix and only the query attending all of "
+            "them: scores independent of the input order, attention cost linear in the list, and each document's "
+            "keys and values kept across calls (kv_cache_mb). docs/block-attention.md compares them.",
+            "'full' (one list-wise prompt) or 'block' (documents encoded on their own: order-free, cached).",
+        ),
+    )
+    kv_cache_mb: int = field(
+        default=1024,
+        metadata=_help(
+            "Memory for the document KV cache of attention='block', in MB, shared by every reranker on the same "
+            "loaded model (its size is the largest any of them asks for): a document seen before is not encoded "
+            "again. 0 turns it off for this reranker.",
+            "Document KV cache of attention='block' in MB (0: off).",
+        ),
+    )
     order: Literal["reverse", "given"] = field(
         default="reverse",
         metadata=_help(
             "'reverse' places the first input document last, nearest the query (the references' placement: pass "
-            "documents best first); 'given' keeps the input order.",
+            "documents best first); 'given' keeps the input order. Only attention='full' has an order.",
             "'reverse' (first input nearest the query) or 'given'.",
         ),
     )
@@ -316,6 +335,18 @@ def _order(name: str, value: Any) -> str:
     return value
 
 
+def _attention(name: str, value: Any) -> str:
+    if value not in ("full", "block"):
+        raise InvalidInputError(f"attention must be 'full' or 'block', got {value!r}")
+    return value
+
+
+def _megabytes(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInputError(f"{name} must be a whole number of MB >= 0 (0 turns the cache off), got {value!r}")
+    return value
+
+
 def _flag(name: str, value: Any, optional: bool = False) -> bool | None:
     if value is None and optional:
         return None
@@ -334,6 +365,8 @@ _CHECKS = {
     "max_tokens": lambda n, v: _positive_int(n, v, optional=True),
     "max_documents": lambda n, v: _positive_int(n, v, optional=True),
     "fusion_weight": _weight,
+    "attention": _attention,
+    "kv_cache_mb": _megabytes,
     "order": _order,
     "temperature": _temperature,
     "local_files_only": lambda n, v: _flag(n, v, optional=True),

@@ -354,7 +354,7 @@ def create_app(
     """
     settings = settings or ServerSettings()
     service = RerankService(settings, engine)
-    metrics = Metrics(lambda: scheduler.waiting, lambda: scheduler.running)
+    metrics = Metrics(lambda: scheduler.waiting, lambda: scheduler.running, service.kv_cache_stats)
     scheduler = Scheduler(
         settings.max_concurrent_requests,
         settings.max_queue,

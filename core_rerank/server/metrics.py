@@ -5,7 +5,10 @@ reason}`` (reason = the answer's ``error_type``), ``queue_depth`` and ``requests
 time), ``queue_duration_seconds``, ``inference_duration_seconds`` and ``request_duration_seconds{endpoint}``
 (histograms), ``batch_size`` (requests each run on a worker answered: 1 alone, more for requests sharing their
 documents), ``documents_total`` and ``document_tokens_total`` (documents and their tokens scored),
-``model_ready`` (0 while loading) and ``model_info`` (model, heads, dtype, device).
+``model_ready`` (0 while loading) and ``model_info`` (model, heads, dtype, device); the document KV cache of
+``attention="block"`` (read from the cache at scrape time): ``kv_cache_hits_total``, ``kv_cache_misses_total``,
+``kv_cache_evictions_total`` (counters), ``kv_cache_entries``, ``kv_cache_bytes`` and ``kv_cache_capacity_bytes``
+(gauges).
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from ..kv_cache import KVCacheStats
 
 __all__ = ["CONTENT_TYPE_LATEST", "ENDPOINTS", "Metrics"]
 
@@ -25,13 +32,41 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 
+class KVCacheCollector(Collector):
+    """The document KV cache's own counters, read when scraped (zeros before the model is loaded)."""
+
+    def __init__(self, stats: Callable[[], KVCacheStats | None]) -> None:
+        self._stats = stats
+
+    def collect(self):
+        s = self._stats() or KVCacheStats(0, 0, 0, 0, 0, 0)
+        for name, doc, value in (
+            ("hits", "Block-attention documents whose keys and values came from the cache", s.hits),
+            ("misses", "Block-attention documents encoded because the cache did not hold them", s.misses),
+            ("evictions", "Documents dropped from the KV cache to stay within kv_cache_mb", s.evictions),
+        ):
+            yield CounterMetricFamily(f"core_rerank_kv_cache_{name}", doc, value=value)
+        for name, doc, value in (
+            ("entries", "Documents the KV cache holds", s.entries),
+            ("bytes", "Bytes of keys and values the KV cache holds", s.bytes),
+            ("capacity_bytes", "Most bytes the KV cache may hold (kv_cache_mb)", s.capacity_bytes),
+        ):
+            yield GaugeMetricFamily(f"core_rerank_kv_cache_{name}", doc, value=value)
+
+
 class Metrics:
     """The app's collectors; ``render()`` gives the Prometheus text exposition."""
 
-    def __init__(self, queue_depth: Callable[[], float], running: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        queue_depth: Callable[[], float],
+        running: Callable[[], float],
+        kv_cache: Callable[[], KVCacheStats | None] = lambda: None,
+    ) -> None:
         self.registry = CollectorRegistry()
         reg = self.registry
         ProcessCollector(registry=reg)
+        reg.register(KVCacheCollector(kv_cache))
         self.requests = Counter(
             "core_rerank_requests",
             "HTTP requests answered, by endpoint and status code",

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CoreRerankError
+from ..kv_cache import KVCacheStats
 from .errors import ApiError, from_engine_error
 from .settings import ServerSettings
 from .wire import RerankJob, Scored
@@ -169,6 +170,11 @@ class RerankService:
         return Scored(results, sum(r.tokens for r in results), self.score_kind, rr.model_id)
 
     # ------------------------------------------------------------------ description
+    def kv_cache_stats(self) -> KVCacheStats | None:
+        """The served model's document KV cache counters (None until it is loaded)."""
+        rr = self._reranker
+        return None if rr is None else rr.loaded_model.kv_cache.stats()
+
     def info(self) -> dict[str, Any]:
         """What ``GET /info`` shows: the model, heads, layers, dtype, scores and every limit."""
         from .. import __version__
@@ -195,7 +201,9 @@ class RerankService:
             dtype=str(rr.dtype).removeprefix("torch."),
             quantization=rr.quantization,
             device=str(rr.device),
-            order=rr.order,
+            attention=rr.settings.attention,
+            order=rr.order if rr.settings.attention == "full" else None,
+            kv_cache={"enabled": rr.settings.kv_cache_mb > 0, **rr.loaded_model.kv_cache.stats().to_dict()},
             scores={
                 "relevance_score": self.score_kind,
                 "calibrated": fit is not None,

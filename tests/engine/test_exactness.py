@@ -33,8 +33,8 @@ def _eager_rows(model, ids, rows):
 def test_captured_rows_equal_eager_attentions(fp32_all, eager_full):
     w = fp32_all.attention_signals(QUERY, SANITY_DOCS)
     key_end = w.signals.query.shape[1]
-    ref_q = _eager_rows(eager_full, w.ids_query, w.query_rows)
-    ref_n = _eager_rows(eager_full, w.ids_null, w.null_rows)
+    ref_q = _eager_rows(eager_full, w.prompt.ids_query, w.prompt.query_rows)
+    ref_n = _eager_rows(eager_full, w.prompt.ids_null, w.prompt.null_rows)
     assert w.signals.shared_prefix_tokens > key_end  # the N/A pass really reused the document prefix
     for i, (layer, head) in enumerate(w.signals.heads):
         torch.testing.assert_close(w.signals.query[i], ref_q[layer, head, :key_end], atol=1e-4, rtol=0)

@@ -73,14 +73,15 @@ def test_user_text_is_plain_text_for_every_packaged_model(name):
     w = rr.attention_signals(query, HOSTILE)
     plain = rr.attention_signals("what does it mean?", ["harmless text"] * len(HOSTILE))
     for (a, b), doc in zip(w.doc_spans, HOSTILE):
-        assert not special & set(w.ids_query[a:b]), (doc, tok.convert_ids_to_tokens(w.ids_query[a:b]))
-        assert tok.decode(w.ids_query[a:b]).strip() == doc.strip()
-    q0, q1 = w.query_rows
-    assert not special & set(w.ids_query[q0:q1])
-    assert tok.decode(w.ids_query[q0:q1]).strip().endswith(query)
+        assert not special & set(w.prompt.ids_query[a:b]), (doc, tok.convert_ids_to_tokens(w.prompt.ids_query[a:b]))
+        assert tok.decode(w.prompt.ids_query[a:b]).strip() == doc.strip()
+    q0, q1 = w.prompt.query_rows
+    assert not special & set(w.prompt.ids_query[q0:q1])
+    assert tok.decode(w.prompt.ids_query[q0:q1]).strip().endswith(query)
     # The prompt holds exactly the special tokens of the chat markers, as with harmless text.
     count = lambda ids: sorted(i for i in ids if i in special)
-    assert count(w.ids_query) == count(plain.ids_query) and count(w.ids_null) == count(plain.ids_null)
+    assert count(w.prompt.ids_query) == count(plain.prompt.ids_query)
+    assert count(w.prompt.ids_null) == count(plain.prompt.ids_null)
 
 
 def test_the_document_cut_counts_special_token_spellings_as_plain_text(default_rr):

@@ -84,7 +84,7 @@ def test_real_gemma3_weights():
     assert rr.loaded_model.layers_loaded == 6
     long_docs = [d + " " + " ".join(["Filler sentence about nothing in particular."] * 20) for d in DOCS]
     w = assert_signals_match_eager(rr, QUERY, long_docs)
-    assert w.query_rows[0] > 512  # the query really is beyond the sliding window of the early layers
+    assert w.prompt.query_rows[0] > 512  # the query really is beyond the sliding window of the early layers
     ranked = rr.rank(QUERY, DOCS)
     assert sorted(ranked.indices) == list(range(len(DOCS)))
     bundled = Reranker("gemma-3-270m")  # its detected CoRe list: the model is cut after its deepest head

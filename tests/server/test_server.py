@@ -441,6 +441,27 @@ def test_metrics_count_requests_durations_and_tokens(default_rr):
         assert metric(base, "core_rerank_model_ready") == 1 and metric(base, "core_rerank_queue_depth") == 0
 
 
+def test_block_attention_serves_repeat_documents_from_the_kv_cache_and_counts_it(default_rr):
+    rr = default_rr.with_options(attention="block")
+    with running(create_app(ServerSettings(), rr)) as base:
+        info = httpx.get(f"{base}/info").json()
+        assert info["attention"] == "block" and info["order"] is None and info["kv_cache"]["enabled"] is True
+        hits = metric(base, "core_rerank_kv_cache_hits_total")
+        misses = metric(base, "core_rerank_kv_cache_misses_total")
+        docs = [f"{d} (served {hits})" for d in SANITY_DOCS]  # documents no other test has encoded
+        first = post(base, "/v2/rerank", {"query": QUERY, "documents": docs}).json()
+        again = post(base, "/v2/rerank", {"query": SANITY_QUERIES[4][0], "documents": docs[::-1]}).json()
+        assert metric(base, "core_rerank_kv_cache_misses_total") - misses == len(docs)
+        assert metric(base, "core_rerank_kv_cache_hits_total") - hits == len(docs)
+        assert metric(base, "core_rerank_kv_cache_bytes") > 0
+        assert first["results"][0]["index"] == RELEVANT
+        assert again["results"][0]["index"] == len(docs) - 1 - SANITY_QUERIES[4][1]
+        expected = rr.rank(QUERY, docs)
+        assert [r["index"] for r in first["results"]] == expected.indices
+        stats = httpx.get(f"{base}/info").json()["kv_cache"]
+        assert stats["hits"] >= len(docs) and stats["entries"] >= len(docs) and stats["capacity_bytes"] == 1024 * 2**20
+
+
 def test_a_head_list_without_a_relevance_map_serves_normalized_scores_and_says_so(default_rr, caplog):
     uncalibrated = copy.copy(default_rr)
     uncalibrated.head_list = dataclasses.replace(default_rr.head_list, relevance_map=None)
