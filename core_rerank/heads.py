@@ -189,6 +189,14 @@ class HeadList:
             out.setdefault(layer, []).append(head)
         return out
 
+    @property
+    def detected_attention(self) -> str | None:
+        """The ``attention`` mode the heads were detected in (``detection["attention"]``; lists detected before
+        block attention existed were detected in ``"full"``), None for a list without detection details."""
+        if not self.detection:
+            return None
+        return str(self.detection.get("attention", "full"))
+
     def describe(self) -> str:
         """One line for logs and errors: model, method, size, where it came from."""
         return f"{self.method} heads of {self.model_id} ({len(self.heads)} heads, from {self.origin})"

@@ -198,6 +198,7 @@ def collect_masses(
             progress(n + 1, len(samples))
     settings = {
         "max_doc_tokens": max_doc_tokens,
+        "attention": reranker.settings.attention,
         "seconds": round(time.perf_counter() - t0, 1),
         "dtype": str(reranker.dtype),
     }

@@ -244,3 +244,19 @@ def test_cli_calibrate_writes_a_relevance_map_the_engine_uses(tmp_path):
         1 / (1 + np.exp(-(fit.a * alone.score + fit.b))), rel=1e-9
     )  # the map of its own score
     assert Reranker(heads="all", max_doc_tokens=48).rank(query, docs)[0].relevance is None  # no map
+
+
+def test_detection_in_block_mode_reads_block_attention_and_says_so(fp32_all):
+    """detect-heads --attention block: the masses are the block prompt's, and the head list records the mode."""
+    block = fp32_all.with_options(attention="block", kv_cache_mb=0)
+    samples = _sanity_samples()[:2]
+    result = collect_masses(block, samples, max_doc_tokens=32)
+    assert result.settings["attention"] == "block"
+    texts = truncate_texts(block.loaded_model.tokenizer, samples[1].texts, 32)
+    w = block.attention_signals(samples[1].query, texts)
+    row = block.head_list.heads.index((12, 4))
+    a, b = w.doc_spans[5]
+    assert result.masses[1][row, 5] == pytest.approx(float(w.signals.query[row, a:b].sum()), rel=1e-5)
+    head_list = make_head_list(result, "core", k=4, tau=0.1)
+    assert head_list.detected_attention == "block"
+    assert make_head_list(collect_masses(fp32_all, samples, max_doc_tokens=32), "qr", k=4).detected_attention == "full"
