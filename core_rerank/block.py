@@ -158,7 +158,10 @@ def encode_blocks(
         if following is None or (len(batch) + 1) * following > batch_tokens:
             width = len(blocks[batch[-1]])  # the longest: sorted by length
             ids = torch.tensor([list(blocks[j]) + [0] * (width - len(blocks[j])) for j in batch], device=device)
-            positions = torch.stack([torch.arange(starts[j], starts[j] + width) for j in batch]).to(device)
+            # Padding repeats its row's last real position: no position of a batch exceeds its rows' own (rotary
+            # scalings that read the largest position in a pass see the same one in any batch).
+            steps = torch.arange(width)
+            positions = torch.stack([starts[j] + steps.clamp(max=len(blocks[j]) - 1) for j in batch]).to(device)
             cache = DynamicCache(config=model.config)
             for layer, (k, v) in enumerate(prefix_kv):
                 shape = (len(batch), *k.shape)
@@ -173,16 +176,21 @@ def encode_blocks(
     return out  # type: ignore[return-value]
 
 
-def block_context(model, prompt: BlockPrompt, kv_cache: DocumentKVCache | None) -> PrefixContext:
+def block_context(
+    model, prompt: BlockPrompt, kv_cache: DocumentKVCache | None, weights_version: int = 0
+) -> PrefixContext:
     """The KV cache the query suffixes run on: the prefix's keys and values, then each block's, taken from
     ``kv_cache`` where it holds them (None: no caching) and encoded (then kept) where not. A block that appears
-    twice in the prompt is encoded once."""
+    twice in the prompt is encoded once. ``weights_version`` (:meth:`LoadedModel.weights_version`) is part of every
+    key: entries made before the weights changed in place are never read."""
 
     def make() -> DocumentKV:
         return encode_prefix(model, prompt.prefix)
 
-    prefix_kv = kv_cache.prefix(prompt.prefix, make) if kv_cache is not None else make()
-    keys = [("block", prompt.prefix, start, block) for block, start in zip(prompt.blocks, prompt.starts)]
+    prefix_kv = kv_cache.prefix((weights_version, prompt.prefix), make) if kv_cache is not None else make()
+    keys = [
+        ("block", weights_version, prompt.prefix, start, block) for block, start in zip(prompt.blocks, prompt.starts)
+    ]
     found: dict[tuple, DocumentKV] = {}
     for key in dict.fromkeys(keys):
         kv = kv_cache.get(key) if kv_cache is not None else None
@@ -190,7 +198,7 @@ def block_context(model, prompt: BlockPrompt, kv_cache: DocumentKVCache | None) 
             found[key] = kv
     missing = [key for key in dict.fromkeys(keys) if key not in found]
     if missing:
-        encoded = encode_blocks(model, prefix_kv, [k[3] for k in missing], [k[2] for k in missing])
+        encoded = encode_blocks(model, prefix_kv, [k[4] for k in missing], [k[3] for k in missing])
         for key, kv in zip(missing, encoded):
             found[key] = kv
             if kv_cache is not None:

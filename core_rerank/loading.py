@@ -98,6 +98,12 @@ class LoadedModel:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    def weights_version(self) -> int:
+        """A number that changes when any weight tensor is changed in place (an optimizer step, ``load_state_dict``
+        on a model shared through ``from_model``): the sum of torch's per-tensor version counters. Part of the
+        document KV cache's key, so keys and values computed with older weights are never read."""
+        return sum(getattr(p, "_version", 0) for p in self.model.parameters())
+
 
 _models: OncePerKey[LoadedModel] = OncePerKey()
 

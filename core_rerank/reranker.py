@@ -114,9 +114,10 @@ class Reranker:
 
     ``Reranker(model, heads, **options)``: ``model`` and ``heads`` and every keyword option are the fields of
     :class:`~core_rerank.EngineSettings` (each documented there: ``quantization``, ``dtype``, ``device``,
-    ``max_doc_tokens``, ``max_tokens``, ``max_documents``, ``fusion_weight``, ``order``, ``temperature``,
-    ``local_files_only``, ``revision``, ``allow_other_model_heads``); ``Reranker.from_settings(settings)`` takes a
-    settings object. An unknown option is an :class:`~core_rerank.InvalidInputTypeError` listing the known ones.
+    ``max_doc_tokens``, ``max_tokens``, ``max_documents``, ``fusion_weight``, ``attention``, ``kv_cache_mb``,
+    ``order``, ``temperature``, ``local_files_only``, ``revision``, ``allow_other_model_heads``);
+    ``Reranker.from_settings(settings)`` takes a settings object. An unknown option is an
+    :class:`~core_rerank.InvalidInputTypeError` listing the known ones.
     ``model="default"`` is the embedded SmolLM2-135M-Instruct with its bundled CoRe heads: it never needs the
     network. The model is loaded only up to the deepest selected layer, once per process (rerankers that differ only
     in settings such as ``max_doc_tokens`` share it).
@@ -274,7 +275,8 @@ class Reranker:
         parts = self._block_parts
         self.block_layout = BlockLayout(parts.prefix, parts.separator, settings.max_doc_tokens + len(parts.separator))
         """Where block attention places the prefix, documents and query (:mod:`core_rerank.block`)."""
-        self._loaded.kv_cache.reserve(settings.kv_cache_mb * 2**20)
+        if settings.attention == "block":
+            self._loaded.kv_cache.reserve(settings.kv_cache_mb * 2**20)
         chosen = self.head_list.fusion
         self.settings = settings
         self.max_tokens = max_tokens
@@ -451,14 +453,7 @@ class Reranker:
         """The prompt (real and N/A) holding ``texts`` in exactly this order (no placement, no cut, no window): a
         :class:`BlockPrompt` with ``attention="block"``."""
         if self.settings.attention == "block":
-            with self._loaded.lock:
-                tok = self._loaded.tokenizer
-                docs = [plain_ids(tok, t) for t in texts]
-                real, null = (
-                    query_suffix(tok, self._block_parts, query),
-                    query_suffix(tok, self._block_parts, NULL_QUERY),
-                )
-            return BlockPrompt.build(self.block_layout, docs, real, null)
+            return self._block_prompt(query, texts)
         real = build_prompt(self._markers, texts, query)
         null = build_prompt(self._markers, texts, NULL_QUERY)
         enc_r, enc_n = self._encode(real), self._encode(null)
@@ -471,13 +466,25 @@ class Reranker:
             [spans_r(s) for s in real.doc_spans],
         )
 
+    def _block_prompt(self, query: str, texts: Sequence[str], clip: int | None = None) -> BlockPrompt:
+        """The block prompt of ``texts``; ``clip`` cuts each one's token ids to that many (a text cut to
+        ``max_doc_tokens`` may tokenize one token longer on its own than where it was cut: clipped, it never moves the
+        layout's alignment point)."""
+        with self._loaded.lock:
+            tok = self._loaded.tokenizer
+            docs = [plain_ids(tok, t)[:clip] for t in texts]
+            real = query_suffix(tok, self._block_parts, query)
+            null = query_suffix(tok, self._block_parts, NULL_QUERY)
+        return BlockPrompt.build(self.block_layout, docs, real, null)
+
     def plan(self, query: str, docs: Sequence[PreparedDocument]) -> list[Window]:
         """The windows :meth:`rank` scores ``docs`` (non-empty, prepared) in for ``query``: the fewest whose
         prompts fit ``max_tokens``, dealt round-robin (docs/long-lists.md). Every prompt is built and measured here,
-        so none can exceed it (label lengths and merges included)."""
-        docs = list(docs)
-        query_tokens = self._count(query)
+        so none can exceed it (label lengths and merges included). With ``attention="block"`` the documents are dealt
+        in the order of their text, not their input order, so windows, like scores, do not depend on it."""
         block = self.settings.attention == "block"
+        docs = sorted(docs, key=lambda d: (d.scored_text, d.index)) if block else list(docs)
+        query_tokens = self._count(query)
         label = len(self.block_layout.separator) if block else self._label_tokens(len(docs))
         sizes = [d.tokens + label for d in docs]
         budget = self.max_tokens - self._overhead - query_tokens
@@ -491,7 +498,9 @@ class Reranker:
             windows = []
             for group in plan_windows(sizes, budget):
                 placed = self.placed([docs[j] for j in group])
-                windows.append(Window(placed, self.prompt(query, [d.scored_text for d in placed])))
+                texts = [d.scored_text for d in placed]
+                prompt = self._block_prompt(query, texts, self.max_doc_tokens) if block else self.prompt(query, texts)
+                windows.append(Window(placed, prompt))
             over = max(w.prompt.length for w in windows) - self.max_tokens
             if over <= 0:
                 return windows
@@ -523,7 +532,7 @@ class Reranker:
             raise InvalidInputError("prompts run together must hold the same documents")
         kv_cache = self._loaded.kv_cache if self.settings.kv_cache_mb else None
         with self._loaded.lock:
-            context = block_context(self._loaded.model, null, kv_cache)
+            context = block_context(self._loaded.model, null, kv_cache, self._loaded.weights_version())
             return head_signals_many(
                 self._loaded.model,
                 self.head_list.heads_by_layer,

@@ -203,7 +203,10 @@ class RerankService:
             device=str(rr.device),
             attention=rr.settings.attention,
             order=rr.order if rr.settings.attention == "full" else None,
-            kv_cache={"enabled": rr.settings.kv_cache_mb > 0, **rr.loaded_model.kv_cache.stats().to_dict()},
+            kv_cache={
+                "enabled": rr.settings.attention == "block" and rr.settings.kv_cache_mb > 0,
+                **rr.loaded_model.kv_cache.stats().to_dict(),
+            },
             scores={
                 "relevance_score": self.score_kind,
                 "calibrated": fit is not None,

@@ -106,6 +106,12 @@ def test_windows_in_block_mode_score_every_document_once(fp32_shallow):
     assert ranked.num_windows > 1 and sorted(ranked.indices) == list(range(len(docs)))
     for w in rr.plan(QUERY, rr.prepare(docs)):
         assert w.prompt.length <= 400
+    # Windows are dealt by text, not input position: a shuffled long list gets the same scores too.
+    perm = list(range(len(docs)))
+    random.Random(7).shuffle(perm)
+    base, got = rr.score(QUERY, docs), rr.score(QUERY, [docs[i] for i in perm])
+    for j, i in enumerate(perm):
+        assert got[j] == pytest.approx(base[i], abs=ORDER_ATOL)
 
 
 def test_rank_batch_over_one_list_equals_rank_per_query(block_rr):
@@ -172,3 +178,30 @@ def test_a_block_prompt_cannot_run_with_other_documents(block_rr):
     a, b = block_rr.prompt(QUERY, DOCS[:2]), block_rr.prompt(QUERY, DOCS[1:3])
     with pytest.raises(InvalidInputError, match="same documents"):
         block_rr.signals([a, b])
+
+
+def test_only_block_rerankers_size_the_cache_and_in_place_weight_changes_invalidate_it(tmp_path):
+    """A full-mode reranker asks for no cache; a model shared through from_model and changed in place (a training
+    step) never serves keys and values computed with its old weights."""
+    from conftest import save_tiny_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    save_tiny_model(tmp_path, tiny_config("llama"))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    with torch.no_grad():  # sharpen attention so heads differ visibly (as the architecture tests do)
+        for name, p in model.named_parameters():
+            if "q_proj" in name or "k_proj" in name:
+                p.mul_(8)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    full = Reranker.from_model(model, tok, heads=[(1, 0), (2, 3)])
+    assert full.loaded_model.kv_cache.stats().capacity_bytes == 0
+    rr = full.with_options(attention="block", kv_cache_mb=8)
+    assert rr.loaded_model.kv_cache.stats().capacity_bytes == 8 * 2**20
+    before = rr.score(QUERY, DOCS[:4])
+    assert rr.score(QUERY, DOCS[:4]) == pytest.approx(before, abs=ORDER_ATOL)  # served from the cache
+    with torch.no_grad():
+        model.model.layers[0].self_attn.k_proj.weight.mul_(3.0)
+    after = rr.score(QUERY, DOCS[:4])
+    fresh = Reranker.from_model(model, tok, heads=[(1, 0), (2, 3)], attention="block", kv_cache_mb=0)
+    assert after == pytest.approx(fresh.score(QUERY, DOCS[:4]), abs=ORDER_ATOL)
+    assert max(abs(a - b) for a, b in zip(after, before)) > 100 * ORDER_ATOL  # the new weights', not old entries
