@@ -585,7 +585,8 @@ class Reranker:
         quant = self.quantization or str(self.dtype).replace("torch.", "")
         return (
             f"Reranker(model={self.model_id!r}, heads={self.head_list.method}:{len(self.head_list.heads)}, "
-            f"layers={self._loaded.layers_loaded}/{self._loaded.shape.num_layers}, {quant}, {self.device})"
+            f"layers={self._loaded.layers_loaded}/{self._loaded.shape.num_layers}, {quant}, {self.device}"
+            f"{', attention=block' if self.settings.attention == 'block' else ''})"
         )
 
     # A reranker is a handle on a loaded model: a copy, deep or not (of a framework wrapper holding it, say),

@@ -31,7 +31,7 @@ def test_block_signals_equal_one_masked_eager_pass(fp32_shallow):
     the whole sequence with the block mask and positions (an independent implementation)."""
     rr = fp32_shallow.with_options(attention="block", kv_cache_mb=0)
     w = assert_signals_match_eager(rr, QUERY, DOCS, atol=1e-5)
-    assert isinstance(w.prompt, BlockPrompt)
+    assert isinstance(w.prompt, BlockPrompt) and repr(rr).endswith(", attention=block)")
     assert len(set(w.prompt.starts)) > 1  # the documents differ in length: end alignment moved their starts
 
 
