@@ -28,9 +28,8 @@ from typing import Literal
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
-from .head_signal import PrefixContext, cache_argument
+from .head_signal import PrefixContext, cache_argument, croppable
 from .kv_cache import DocumentKV, DocumentKVCache
 
 __all__ = ["BlockLayout", "BlockPrompt", "block_context", "encode_blocks", "supports_blocks"]
@@ -110,9 +109,8 @@ class BlockPrompt:
 
 def supports_blocks(config) -> bool:
     """Whether a model's KV cache can be assembled from pieces: every layer full attention (a sliding-window layer
-    drops old keys as it goes, so blocks cannot be concatenated for it)."""
-    layers = getattr(DynamicCache(config=config), "layers", None)
-    return layers is None or not layers or all(type(layer) is DynamicLayer for layer in layers)
+    drops old keys as it goes, so blocks cannot be concatenated for it): the layers :func:`croppable` accepts."""
+    return croppable(DynamicCache(config=config))
 
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -192,11 +190,13 @@ def block_context(
         ("block", weights_version, prompt.prefix, start, block) for block, start in zip(prompt.blocks, prompt.starts)
     ]
     found: dict[tuple, DocumentKV] = {}
+    missing = []
     for key in dict.fromkeys(keys):
         kv = kv_cache.get(key) if kv_cache is not None else None
-        if kv is not None:
+        if kv is None:
+            missing.append(key)
+        else:
             found[key] = kv
-    missing = [key for key in dict.fromkeys(keys) if key not in found]
     if missing:
         encoded = encode_blocks(model, prefix_kv, [k[4] for k in missing], [k[3] for k in missing])
         for key, kv in zip(missing, encoded):

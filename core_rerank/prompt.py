@@ -185,7 +185,7 @@ def plain_ids(tokenizer, text: str) -> list[int]:
 
 def plain_token_count(tokenizer, text: str) -> int:
     """Tokens of ``text`` as user text (special-token spellings split), without BOS/EOS."""
-    return len(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    return len(plain_ids(tokenizer, text))
 
 
 class TokenSpans:
