@@ -71,7 +71,10 @@ def test_scores_do_not_depend_on_the_input_order(block_rr):
 def test_an_identical_document_gets_one_score_wherever_it_sits(block_rr):
     docs = [DOCS[6], *DOCS[:3], DOCS[6], DOCS[3]]
     scores = block_rr.score(QUERY, docs)
-    assert scores[0] == pytest.approx(scores[4], abs=1e-9)
+    # One cached entry serves both, but their keys sit at different columns of the query's matmul, which another
+    # CPU may block differently: equal to float32 rounding, not bit for bit.
+    assert scores[0] == pytest.approx(scores[4], abs=ORDER_ATOL)
+    assert abs(scores[0] - scores[1]) > 100 * ORDER_ATOL  # and not because every score is the same
 
 
 def test_the_default_heads_in_block_mode_find_each_sanity_answer(default_rr):
