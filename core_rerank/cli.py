@@ -286,24 +286,36 @@ def calibrate(
     split: Annotated[str, typer.Option(help="Split of every --data DIR given without :SPLIT.")] = "train",
     depth: Annotated[int, typer.Option(min=2, help="First-stage candidates per query, passed best first.")] = 20,
     max_queries: Annotated[int | None, typer.Option(min=1, help="A fixed seeded sample of queries per set.")] = None,
+    form: Annotated[
+        str,
+        typer.Option(
+            help="What the map reads: 'context' (the score, the document's length and the list's size), "
+            "'length' (the score and the length) or 'score' (the raw score alone)."
+        ),
+    ] = "context",
     *,
     engine: EngineSettings,
 ) -> None:
     """Fit the calibrated `relevance` of a head list (--heads, default the model's bundled one) on labelled data: a
-    logistic map of each document's raw score to the probability that it is relevant, fitted with the engine
-    settings given (it records them) and written into the head list (load it with --heads / heads=)."""
+    logistic map of each document's raw score (with, by --form, its token count and its list's size) to the
+    probability that it is relevant, fitted with the engine settings given (it records them) for the --attention
+    mode given, and written into the head list (load it with --heads / heads=)."""
     from .reranker import Reranker
+    from .research.calibration import FORMS
     from .research.calibration import calibrate as fit
 
+    if form not in FORMS:
+        raise typer.BadParameter(f"must be one of {', '.join(FORMS)}", param_hint="--form")
     sets = _datasets(data, split, "calibrating", max_queries)
     reranker = Reranker.from_settings(engine.replace(max_documents=None))
     with progress_bar("scoring labelled candidates", sum(len(q) for _, q in sets)) as progress:
-        head_list, check = fit(reranker, sets, depth, progress)
+        head_list, check = fit(reranker, sets, depth, progress, form=form)
     head_list.save(out)
-    m = head_list.relevance_map
+    m = head_list.relevance_map_for(reranker.settings.attention)
     console.print(
-        f"wrote {out}: relevance = 1 / (1 + exp(-({m.a:.4g} * score + {m.b:.4g}))) from {check.documents} documents "
-        f"({check.relevant} relevant); ECE on the fitting data {check.ece:.3f}"
+        f"wrote {out}: relevance = 1 / (1 + exp(-(({m.a:.4g} + {m.score_list_size:.4g} log n) * score + {m.b:.4g} "
+        f"+ {m.length:.4g} log tokens + {m.list_size:.4g} log n))) for attention={reranker.settings.attention!r}, "
+        f"from {check.documents} documents ({check.relevant} relevant); ECE on the fitting data {check.ece:.3f}"
     )
 
 

@@ -71,17 +71,43 @@ def _number(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class RelevanceMap:
-    """``relevance = 1 / (1 + exp(-(a * score + b)))``: a raw score as a calibrated probability of relevance
-    (:func:`core_rerank.scoring.relevance`), fitted on labelled training data with the engine ``settings`` it
-    records (``FIT_SETTINGS``). ``a > 0``: the map increases with the score, so it never changes a ranking.
-    ``fitted_on`` says on what; ``info`` keeps the fit's other records (document counts, calibration error, the
-    command that made it)."""
+    """A raw score as a calibrated probability of relevance, fitted on labelled training data with the engine
+    ``settings`` it records (``FIT_SETTINGS``)::
+
+        relevance = sigmoid(slope * score + offset)          (core_rerank.scoring.relevance)
+        slope     = a + score_list_size * log(n)
+        offset    = b + length * log(tokens) + list_size * log(n)
+
+    where ``tokens`` is the document's token count after the cut and ``n`` the number of documents its score shared
+    the query's attention with (its window's), each clamped to the range the fit saw (``tokens_range``,
+    ``n_range``). The attention mass a document can draw shrinks with its length and with the list's, so the same
+    raw score means more on a one-line answer among 5 than on a 200-token passage among 20; a map without those
+    terms (all 0, as older lists) reads the raw score alone. ``slope > 0`` over the whole ``n_range``: for one
+    document length and list, relevance increases with the score. ``fitted_on`` says on what; ``info`` keeps the
+    fit's other records (document counts, calibration error, the command that made it)."""
 
     a: float
     b: float
     settings: Mapping[str, Any]
     fitted_on: str = ""
     info: Mapping[str, Any] = field(default_factory=dict)
+    length: float = 0.0
+    list_size: float = 0.0
+    score_list_size: float = 0.0
+    tokens_range: tuple[int, int] = (1, 100_000)
+    n_range: tuple[int, int] = (1, 100_000)
+
+    def terms(self, tokens: int, n: int) -> tuple[float, float]:
+        """``(slope, offset)`` of a document of ``tokens`` tokens in a list (window) of ``n`` documents."""
+        t = min(max(tokens, self.tokens_range[0]), self.tokens_range[1])
+        log_n = math.log(min(max(n, self.n_range[0]), self.n_range[1]))
+        slope = self.a + self.score_list_size * log_n
+        return slope, self.b + self.length * math.log(max(t, 1)) + self.list_size * log_n
+
+    @property
+    def uses_context(self) -> bool:
+        """Whether the map reads the document's length or the list's size besides the score."""
+        return bool(self.length or self.list_size or self.score_list_size)
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> RelevanceMap | None:
@@ -90,18 +116,60 @@ class RelevanceMap:
         if not isinstance(data, Mapping):
             raise HeadListError(f"{where}: 'relevance_map' must be an object with 'a', 'b' and 'settings'")
         a, b = data.get("a"), data.get("b")
-        if not (_number(a) and _number(b)) or not a > 0:
+        extra = {k: data.get(k, 0.0) for k in _CONTEXT_TERMS}
+        if not (_number(a) and _number(b)) or not a > 0 or not all(_number(v) for v in extra.values()):
             raise HeadListError(
-                f"{where}: 'relevance_map' needs finite numbers 'a' > 0 and 'b' (got a={a!r}, b={b!r}): "
-                "relevance = 1 / (1 + exp(-(a * score + b))) must increase with the score"
+                f"{where}: 'relevance_map' needs finite numbers 'a' > 0 and 'b' (and {', '.join(_CONTEXT_TERMS)} "
+                f"when given; got a={a!r}, b={b!r}): relevance = 1 / (1 + exp(-(a * score + b))) must increase "
+                "with the score"
             )
-        info = {k: v for k, v in data.items() if k not in ("a", "b", "settings", "fitted_on")}
+        ranges = {}
+        for name in ("tokens_range", "n_range"):
+            value = data.get(name, (1, 100_000))
+            if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_number(v) for v in value)) or not (
+                1 <= value[0] <= value[1]
+            ):
+                raise HeadListError(f"{where}: 'relevance_map' {name!r} must be [low, high] with 1 <= low <= high")
+            ranges[name] = (int(value[0]), int(value[1]))
+        for n in ranges["n_range"]:
+            if not float(a) + float(extra["score_list_size"]) * math.log(n) > 0:
+                raise HeadListError(
+                    f"{where}: 'relevance_map' slope a + score_list_size * log(n) must be > 0 for n in "
+                    f"{list(ranges['n_range'])}: relevance must increase with the score"
+                )
+        skip = {"a", "b", "settings", "fitted_on", *_CONTEXT_TERMS, "tokens_range", "n_range"}
+        info = {k: v for k, v in data.items() if k not in skip}
         return cls(
-            float(a), float(b), _fit_settings(data, f"{where}: 'relevance_map'"), str(data.get("fitted_on", "")), info
+            float(a),
+            float(b),
+            _fit_settings(data, f"{where}: 'relevance_map'"),
+            str(data.get("fitted_on", "")),
+            info,
+            **{k: float(v) for k, v in extra.items()},
+            **ranges,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "settings": dict(self.settings), "fitted_on": self.fitted_on, **self.info}
+        context = (
+            {
+                **{k: getattr(self, k) for k in _CONTEXT_TERMS},
+                "tokens_range": list(self.tokens_range),
+                "n_range": list(self.n_range),
+            }
+            if self.uses_context
+            else {}
+        )
+        return {
+            "a": self.a,
+            "b": self.b,
+            **context,
+            "settings": dict(self.settings),
+            "fitted_on": self.fitted_on,
+            **self.info,
+        }
+
+
+_CONTEXT_TERMS = ("length", "list_size", "score_list_size")
 
 
 @dataclass(frozen=True)
@@ -143,7 +211,11 @@ class HeadList:
     score_matrix: tuple[tuple[float, ...], ...] | None = None
     origin: str = "<in memory>"
     relevance_map: RelevanceMap | None = field(default=None, hash=False)
-    """The fitted map from a raw score to a calibrated probability of relevance; ``None`` when none was fitted."""
+    """The fitted map from a raw score to a calibrated probability of relevance in ``attention="full"``; ``None``
+    when none was fitted."""
+    block_relevance_map: RelevanceMap | None = field(default=None, hash=False)
+    """The same for ``attention="block"`` (documents encoded apart draw attention differently); ``None`` when none
+    was fitted for that mode."""
     fusion: FusionWeight | None = field(default=None, hash=False)
     """The weight of the first stage's scores chosen on dev data for these heads; ``None`` when none was chosen."""
     fingerprint: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
@@ -196,6 +268,10 @@ class HeadList:
         if not self.detection:
             return None
         return str(self.detection.get("attention", "full"))
+
+    def relevance_map_for(self, attention: str) -> RelevanceMap | None:
+        """The relevance map fitted for the ``attention`` mode (``"full"`` or ``"block"``), None when none was."""
+        return self.block_relevance_map if attention == "block" else self.relevance_map
 
     def describe(self) -> str:
         """One line for logs and errors: model, method, size, where it came from."""
@@ -271,6 +347,9 @@ class HeadList:
                 score_matrix=None if matrix is None else tuple(tuple(float(v) for v in row) for row in matrix),
                 origin=origin,
                 relevance_map=RelevanceMap.from_dict(data.get("relevance_map"), f"head list {origin}"),
+                block_relevance_map=RelevanceMap.from_dict(
+                    data.get("block_relevance_map"), f"head list {origin}: block"
+                ),
                 fusion=FusionWeight.from_dict(data.get("fusion"), f"head list {origin}"),
                 fingerprint=_fingerprint(data.get("fingerprint"), f"head list {origin}"),
             )
@@ -297,6 +376,7 @@ class HeadList:
             "source": self.source,
             "score_matrix": None if self.score_matrix is None else [list(r) for r in self.score_matrix],
             **({"relevance_map": self.relevance_map.to_dict()} if self.relevance_map else {}),
+            **({"block_relevance_map": self.block_relevance_map.to_dict()} if self.block_relevance_map else {}),
             **({"fusion": self.fusion.to_dict()} if self.fusion else {}),
             **({"fingerprint": dict(self.fingerprint)} if self.fingerprint else {}),
         }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -331,7 +332,7 @@ class Reranker:
     @property
     def calibrated(self) -> bool:
         """Whether results carry a calibrated ``relevance`` (the head list has a fitted relevance map)."""
-        return self.head_list.relevance_map is not None
+        return self.head_list.relevance_map_for(self.settings.attention) is not None
 
     # ------------------------------------------------------------------ ranking
     def rank(
@@ -606,11 +607,15 @@ class Reranker:
         )
 
     # ---------------------------------------------------------------- internals
-    def _relevance(self, raw: Sequence[float]) -> list[float | None]:
-        fit = self.head_list.relevance_map
+    def _relevance(
+        self, raw: Sequence[float], docs: Sequence[PreparedDocument], windows: Sequence[int]
+    ) -> list[float | None]:
+        """Calibrated relevance of each raw score: the mode's map at the document's length and its window's size."""
+        fit = self.head_list.relevance_map_for(self.settings.attention)
         if fit is None:
             return [None] * len(raw)
-        return [scoring.relevance(s, fit.a, fit.b) for s in raw]
+        sizes = Counter(windows)
+        return [scoring.relevance(s, *fit.terms(d.tokens, sizes[w])) for s, d, w in zip(raw, docs, windows)]
 
     @property
     def _add_special(self) -> bool:
@@ -643,7 +648,7 @@ class Reranker:
         stage's scores when given: sorted best first, then ``min_score`` and ``top_n`` applied, in that order."""
         final = raw if first_stage is None else scoring.fuse(raw, first_stage, self.fusion_weight)
         normalized = scoring.softmax(final, self.temperature)
-        relevance = self._relevance(raw)
+        relevance = self._relevance(raw, docs, windows)
         order = sorted(range(len(docs)), key=lambda i: (-final[i], i))
         results = [
             RankResult(

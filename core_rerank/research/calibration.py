@@ -18,10 +18,25 @@ from typing import TYPE_CHECKING, Any
 from .datasets import Dataset, first_stage
 
 if TYPE_CHECKING:
-    from ..heads import HeadList
+    from ..heads import HeadList, RelevanceMap
     from ..reranker import Reranker
 
-__all__ = ["Reliability", "calibrate", "fit_logistic", "labelled_scores", "reliability"]
+__all__ = [
+    "FORMS",
+    "LabelledScores",
+    "Reliability",
+    "calibrate",
+    "fit_logistic",
+    "fit_logistic_features",
+    "fit_relevance_map",
+    "labelled_scores",
+    "map_relevance",
+    "reliability",
+]
+
+FORMS = ("score", "length", "context")
+"""The relevance maps a fit can make (:class:`~core_rerank.heads.RelevanceMap`): ``score`` reads the raw score alone,
+``length`` adds log(tokens), ``context`` adds log(tokens), log(n) and score * log(n)."""
 
 
 def fit_logistic(x: Sequence[float], y: Sequence[int], l2: float = 1e-3) -> tuple[float, float]:
@@ -56,6 +71,103 @@ def fit_logistic(x: Sequence[float], y: Sequence[int], l2: float = 1e-3) -> tupl
             break
     slope = max(float(w[0]), 1e-9) / sd
     return slope, float(w[1]) - slope * mu
+
+
+def fit_logistic_features(columns: Sequence[Sequence[float]], y: Sequence[int], l2: float = 1e-3) -> list[float]:
+    """Weights ``[w_1 .. w_k, bias]`` maximising the log-likelihood of ``y ~ sigmoid(sum w_i x_i + bias)`` over the
+    feature ``columns`` (each standardized for the fit, with a small L2 penalty on the weights, so separable data
+    stays finite), by Newton's method with step halving; returned on the columns' own scale."""
+    import numpy as np
+
+    ys = np.asarray(y, dtype=float)
+    if len(ys) == 0 or ys.min() == ys.max():
+        raise ValueError("fitting relevance needs both relevant and non-relevant documents")
+    x = np.asarray(columns, dtype=float).T
+    mu, sd = x.mean(0), x.std(0)
+    sd[sd == 0] = 1.0
+    u = np.hstack([(x - mu) / sd, np.ones((len(ys), 1))])
+    k = u.shape[1]
+    penalty = np.full(k, l2)
+    penalty[-1] = 0.0
+
+    def loss(w: np.ndarray) -> float:
+        t = u @ w
+        return float(np.sum(np.logaddexp(0.0, t) - ys * t) + 0.5 * np.sum(penalty * w * w))
+
+    rate = ys.mean()
+    w = np.zeros(k)
+    w[-1] = math.log(rate / (1 - rate))
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-np.clip(u @ w, -500, 500)))
+        grad = u.T @ (p - ys) + penalty * w
+        hess = (u * (p * (1 - p))[:, None]).T @ u + np.diag(penalty + 1e-12)
+        step = np.linalg.solve(hess, grad)
+        base, t = loss(w), 1.0
+        while loss(w - t * step) > base and t > 1e-8:
+            t /= 2
+        w = w - t * step
+        if float(np.abs(t * step).max()) < 1e-10:
+            break
+    weights = w[:-1] / sd
+    return [*map(float, weights), float(w[-1] - np.sum(weights * mu))]
+
+
+@dataclass(frozen=True)
+class LabelledScores:
+    """Raw scores with what a relevance map reads besides them (the document's token count, its list's size)
+    and the labels (1 = judged relevant); the query of each, for fits and checks that group by query."""
+
+    scores: list[float]
+    tokens: list[int]
+    sizes: list[int]
+    labels: list[int]
+    queries: list[str]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def subset(self, keep: Sequence[bool]) -> LabelledScores:
+        pick = [i for i, k in enumerate(keep) if k]
+        return LabelledScores(*([getattr(self, f)[i] for i in pick] for f in self.__dataclass_fields__))
+
+
+def fit_relevance_map(
+    data: LabelledScores, settings: Any, fitted_on: str, form: str = "context", l2: float = 1e-3
+) -> RelevanceMap:
+    """The :class:`~core_rerank.heads.RelevanceMap` of ``form`` (:data:`FORMS`) fitted on ``data``, recording the
+    engine ``settings`` (a mapping over ``FIT_SETTINGS``). A fitted slope that would not increase with the score over
+    the data's list sizes is a ``ValueError`` (use a simpler form)."""
+    from ..heads import RelevanceMap
+
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    log_t = [math.log(max(t, 1)) for t in data.tokens]
+    log_n = [math.log(max(n, 1)) for n in data.sizes]
+    s = data.scores
+    if form == "score":
+        a, b = fit_logistic(s, data.labels, l2)
+        terms = {}
+    elif form == "length":
+        a, c, b = fit_logistic_features([s, log_t], data.labels, l2)
+        terms = {"length": c}
+    else:
+        a, e, c, d, b = fit_logistic_features([s, [x * y for x, y in zip(s, log_n)], log_t, log_n], data.labels, l2)
+        terms = {"length": c, "list_size": d, "score_list_size": e}
+    n_range = (max(1, min(data.sizes)), max(data.sizes))
+    if form == "context" and not all(a + terms["score_list_size"] * math.log(n) > 0 for n in n_range):
+        raise ValueError(f"the fitted slope does not increase with the score over list sizes {n_range}")
+    if not a > 0:
+        raise ValueError("the fitted slope does not increase with the score")
+    ranges = {"tokens_range": (max(1, min(data.tokens)), max(data.tokens)), "n_range": n_range} if terms else {}
+    info = {"documents": len(data), "relevant": sum(data.labels), "form": form}
+    return RelevanceMap(a, b, dict(settings), fitted_on, info, **terms, **ranges)
+
+
+def map_relevance(fit: RelevanceMap, data: LabelledScores) -> list[float]:
+    """``fit``'s relevance of every score of ``data``."""
+    from ..scoring import relevance
+
+    return [relevance(x, *fit.terms(t, n)) for x, t, n in zip(data.scores, data.tokens, data.sizes)]
 
 
 @dataclass(frozen=True)
@@ -111,29 +223,37 @@ def labelled_scores(
     datasets: Sequence[tuple[Dataset, Sequence[str] | None]],
     depth: int = 20,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[float], list[int]]:
-    """The engine's raw scores of each query's first-stage top ``depth`` (passed best first, as a pipeline
-    does) and their labels (judged relevant: grade > 0), over the given (data set, query ids) pairs; empty
-    documents are left out (their score is -inf)."""
-    xs: list[float] = []
-    ys: list[int] = []
+    sizes: Sequence[int] | None = None,
+) -> LabelledScores:
+    """The engine's raw scores of each query's first-stage top ``n`` for every list size ``n`` of ``sizes`` (default
+    ``depth``, ``depth // 2`` and ``depth // 4``: a map that reads the list's size must see several), passed best
+    first as a pipeline does, with each document's token count, its list's size and its label (judged relevant:
+    grade > 0), over the given (data set, query ids) pairs; empty documents are left out (their score is -inf)."""
+    sizes = sorted({n for n in (sizes or (depth, depth // 2, depth // 4)) if n >= 1}, reverse=True)
+    out = LabelledScores([], [], [], [], [])
     total = sum(len(q) if q is not None else len(ds.query_ids) for ds, q in datasets)
     done = 0
     for ds, qids in datasets:
         cands, _ = first_stage(ds)
         for q in qids if qids is not None else ds.query_ids:
             c = cands.get(q)
-            ids = [d for d in (c.doc_ids if c else []) if d in ds.corpus][:depth]
-            if ids:
-                scores = reranker.score(ds.queries[q], [ds.doc_text(d) for d in ids])
-                for d, s in zip(ids, scores):
+            ids = [d for d in (c.doc_ids if c else []) if d in ds.corpus][: sizes[0]]
+            for n in sizes:
+                if not ids[:n] or (n < sizes[0] and n >= len(ids)):
+                    continue  # a pool shorter than n was scored at its own size already
+                texts = [ds.doc_text(d) for d in ids[:n]]
+                tokens = [doc.tokens for doc in reranker.prepare(texts)]
+                for d, s, t in zip(ids, reranker.score(ds.queries[q], texts), tokens):
                     if math.isfinite(s):
-                        xs.append(s)
-                        ys.append(1 if ds.qrels.get(q, {}).get(d, 0) > 0 else 0)
+                        out.scores.append(s)
+                        out.tokens.append(t)
+                        out.sizes.append(len(texts))
+                        out.labels.append(1 if ds.qrels.get(q, {}).get(d, 0) > 0 else 0)
+                        out.queries.append(f"{ds.name}/{q}")
             done += 1
             if progress is not None:
                 progress(done, total)
-    return xs, ys
+    return out
 
 
 def calibrate(
@@ -141,29 +261,27 @@ def calibrate(
     datasets: Sequence[tuple[Dataset, Sequence[str]]],
     depth: int = 20,
     progress: Callable[[int, int], None] | None = None,
+    form: str = "context",
 ) -> tuple[HeadList, Reliability]:
-    """``reranker``'s head list with a relevance map fitted on the labelled ``datasets`` (each with the query ids to
-    use), scored with the reranker's own settings, which the map records (``FIT_SETTINGS``); and the map's
-    reliability on the data it was fitted on. Data without both relevant and non-relevant documents is an
+    """``reranker``'s head list with a relevance map for its ``attention`` mode fitted on the labelled ``datasets``
+    (each with the query ids to use; lists of ``depth``, ``depth // 2`` and ``depth // 4`` documents), scored with
+    the reranker's own settings, which the map records (``FIT_SETTINGS``); and the map's reliability on the data it
+    was fitted on. ``form``: :data:`FORMS`. Data without both relevant and non-relevant documents is an
     :class:`~core_rerank.InvalidInputError`."""
     from dataclasses import replace
 
     from ..errors import InvalidInputError
-    from ..heads import FIT_SETTINGS, RelevanceMap
-    from ..scoring import relevance
+    from ..heads import FIT_SETTINGS
 
-    xs, ys = labelled_scores(reranker, datasets, depth, progress)
+    data = labelled_scores(reranker, datasets, depth, progress)
+    fitted_on = ", ".join(f"{ds.name}/{ds.split} ({len(q)} q)" for ds, q in datasets)
+    settings = {name: getattr(reranker.settings, name) for name in FIT_SETTINGS}
+    mode = reranker.settings.attention
     try:
-        a, b = fit_logistic(xs, ys)
+        fit = fit_relevance_map(data, settings, f"{fitted_on}; first-stage top {depth}, best first", form)
     except ValueError as exc:
         raise InvalidInputError(f"cannot fit a relevance map: {exc}") from None
-    check = reliability([relevance(x, a, b) for x in xs], ys)
-    fitted_on = ", ".join(f"{ds.name}/{ds.split} ({len(q)} q)" for ds, q in datasets)
-    fit = RelevanceMap(
-        a,
-        b,
-        {name: getattr(reranker.settings, name) for name in FIT_SETTINGS},
-        f"{fitted_on}; first-stage top {depth}, best first",
-        {"documents": check.documents, "relevant": check.relevant, "ece_fit": round(check.ece, 4)},
-    )
-    return replace(reranker.head_list, relevance_map=fit), check
+    check = reliability(map_relevance(fit, data), data.labels)
+    fit = replace(fit, info={**fit.info, "attention": mode, "ece_fit": round(check.ece, 4)})
+    slot = "block_relevance_map" if mode == "block" else "relevance_map"
+    return replace(reranker.head_list, **{slot: fit}), check

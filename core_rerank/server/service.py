@@ -188,7 +188,7 @@ class RerankService:
                 out["error"] = self.error
             return out
         hl = rr.head_list
-        fit = hl.relevance_map
+        fit = hl.relevance_map_for(rr.settings.attention)
         out.update(
             model=rr.model_id,
             heads={
@@ -210,7 +210,9 @@ class RerankService:
             scores={
                 "relevance_score": self.score_kind,
                 "calibrated": fit is not None,
-                "relevance_map": None if fit is None else {"a": fit.a, "b": fit.b, "fitted_on": fit.fitted_on},
+                "relevance_map": None
+                if fit is None
+                else {k: v for k, v in fit.to_dict().items() if k not in ("settings", "note")},
                 "raw_scores": "the engine's raw attention score: unbounded, comparable only within one request",
                 **({"note": UNCALIBRATED_NOTE} if fit is None else {}),
             },

@@ -208,3 +208,27 @@ def test_only_block_rerankers_size_the_cache_and_in_place_weight_changes_invalid
     fresh = Reranker.from_model(model, tok, heads=[(1, 0), (2, 3)], attention="block", kv_cache_mb=0)
     assert after == pytest.approx(fresh.score(QUERY, DOCS[:4]), abs=ORDER_ATOL)
     assert max(abs(a - b) for a, b in zip(after, before)) > 100 * ORDER_ATOL  # the new weights', not old entries
+
+
+def test_each_mode_reads_its_own_relevance_map_at_the_documents_length_and_window_size(fp32_shallow):
+    import copy
+    import dataclasses
+
+    from core_rerank.heads import RelevanceMap
+    from core_rerank.scoring import relevance
+
+    fit = {"max_doc_tokens": 200, "order": "reverse"}
+    block_map = RelevanceMap(5.0, 1.0, fit, length=-0.5, list_size=-0.3, score_list_size=0.2, n_range=(2, 40))
+    heads = dataclasses.replace(fp32_shallow.head_list, relevance_map=None, block_relevance_map=block_map)
+    full = copy.copy(fp32_shallow)  # a handle of its own on the shared model: the fixture keeps its list
+    full.head_list = heads
+    assert not full.calibrated  # a map fitted in block mode says nothing of the full prompt's scores
+    block = full.with_options(attention="block", max_tokens=400, max_doc_tokens=64)
+    block.head_list = heads
+    assert block.calibrated
+    docs = SANITY_DOCS * 3  # 400 tokens hold some of them: several windows of different sizes
+    results = block.rank(SANITY_QUERIES[0][0], docs)
+    sizes = {w: sum(r.window == w for r in results) for w in {r.window for r in results}}
+    assert len(sizes) > 1
+    for r in results:
+        assert r.relevance == pytest.approx(relevance(r.attention_score, *block_map.terms(r.tokens, sizes[r.window])))

@@ -72,6 +72,15 @@ FIT = {"max_doc_tokens": 200, "order": "reverse"}
         (lambda d: d.update(relevance_map={"a": 1.0, "settings": FIT}), "finite numbers"),
         (lambda d: d.update(relevance_map={"a": 1.0, "b": 0.0}), "settings"),  # fit settings are recorded
         (lambda d: d.update(relevance_map={"a": 1.0, "b": 0.0, "settings": {"max_doc_tokens": 200}}), "order"),
+        (lambda d: d.update(relevance_map={"a": 1.0, "b": 0.0, "length": "x", "settings": FIT}), "finite numbers"),
+        (lambda d: d.update(relevance_map={"a": 1.0, "b": 0.0, "n_range": [5, 2], "settings": FIT}), "n_range"),
+        (  # a slope that turns negative inside the fitted list sizes would reverse the score's meaning there
+            lambda d: d.update(
+                relevance_map={"a": 1.0, "b": 0.0, "score_list_size": -1.0, "n_range": [2, 20], "settings": FIT}
+            ),
+            "slope",
+        ),
+        (lambda d: d.update(block_relevance_map={"a": -1.0, "b": 0.0, "settings": FIT}), "block"),
         (lambda d: d.update(fusion={"weight": -1, "settings": FIT}), "'fusion' must be"),
         (lambda d: d.update(fusion={"weight": 1.0}), "settings"),
         (lambda d: d.update(fingerprint={"shape": [3], "sample": [1.0]}), "'fingerprint' must be"),
@@ -175,7 +184,46 @@ def test_every_bundled_fit_was_made_with_the_shipped_defaults():
     from core_rerank.settings import EngineSettings
 
     shipped = {name: getattr(EngineSettings(), name) for name in FIT_SETTINGS}
-    fits = [(hl.origin, fit) for hl in bundled_head_lists() for fit in (hl.relevance_map, hl.fusion) if fit]
+    fits = [
+        (hl.origin, fit)
+        for hl in bundled_head_lists()
+        for fit in (hl.relevance_map, hl.block_relevance_map, hl.fusion)
+        if fit
+    ]
     assert len(fits) >= 8  # the four packaged models' CoRe lists each have both
     for origin, fit in fits:
         assert dict(fit.settings) == shipped, origin
+
+
+def test_a_context_relevance_map_round_trips_and_clamps_to_what_it_was_fitted_on(tmp_path):
+    import math
+
+    data = find_bundled_head_list("microsoft/phi-4").to_dict()
+    data["block_relevance_map"] = {
+        "a": 2.0,
+        "b": -1.0,
+        "length": -0.5,
+        "list_size": 0.25,
+        "score_list_size": 0.5,
+        "tokens_range": [10, 200],
+        "n_range": [5, 20],
+        "settings": FIT,
+    }
+    again = load_head_list(_write(tmp_path, data))
+    assert again.relevance_map is None and again.relevance_map_for("full") is None
+    fit = again.relevance_map_for("block")
+    assert fit.uses_context
+    slope, offset = fit.terms(100, 10)
+    assert slope == pytest.approx(2.0 + 0.5 * math.log(10))
+    assert offset == pytest.approx(-1.0 - 0.5 * math.log(100) + 0.25 * math.log(10))
+    assert fit.terms(1, 2) == fit.terms(10, 5)  # below the fitted ranges: their low ends
+    assert fit.terms(5000, 100) == fit.terms(200, 20)  # above: their high ends
+    assert load_head_list(again.save(tmp_path / "again.json")).to_dict() == again.to_dict()
+
+
+def test_a_score_only_map_writes_no_context_terms():
+    from core_rerank.heads import RelevanceMap
+
+    fit = RelevanceMap(2.0, -1.0, FIT)
+    assert not fit.uses_context and fit.terms(3, 50) == (2.0, -1.0)
+    assert "length" not in fit.to_dict()

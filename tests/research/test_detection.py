@@ -216,33 +216,47 @@ def test_cli_evaluate_first_stage_and_input_order(tmp_path):
 
 def test_cli_calibrate_writes_a_relevance_map_the_engine_uses(tmp_path):
     """`calibrate` fits relevance on labelled training data and writes it into a head list; a Reranker
-    loading that list returns `relevance` in [0, 1], increasing with the raw score and computed from each
-    document's own score in whatever list it sits; a list without a map gives None."""
+    loading that list returns `relevance` in [0, 1], computed from each document's own score, token count and
+    list size by the map's formula; --form score reads the score alone (so relevance sorts like it); a list
+    without a map gives None."""
     from typer.testing import CliRunner
 
-    from core_rerank import Reranker
+    from core_rerank import Reranker, scoring
     from core_rerank.cli import app
     from core_rerank.heads import load_head_list
 
     wiki = shared_data("wikiqa_tok")
-    out = tmp_path / "calibrated.json"
-    args = ["calibrate", "--data", f"{wiki}:train", "--out", str(out), "--max-queries", "6", "--depth", "6"]
-    got = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*args, "--max-doc-tokens", "48"])
+    query, docs = SANITY_QUERIES[0][0], SANITY_DOCS
+    base = ["calibrate", "--data", f"{wiki}:train", "--max-queries", "6", "--depth", "8", "--max-doc-tokens", "48"]
+    runner = CliRunner(env={"COLUMNS": "200"})
+    out = tmp_path / "context.json"
+    got = runner.invoke(app, [*base, "--out", str(out)])
     assert got.exit_code == 0, got.output
     fit = load_head_list(out).relevance_map
-    assert fit.a > 0 and "wikiqa_tok/train (6 q)" in fit.fitted_on and fit.info["documents"] > 6
+    assert fit.uses_context and fit.info["form"] == "context" and fit.n_range == (2, 8)
+    assert "wikiqa_tok/train (6 q)" in fit.fitted_on and fit.info["documents"] > 6
     assert fit.settings == {"max_doc_tokens": 48, "order": "reverse"}  # the settings it was fitted with
     rr = Reranker(heads=out, max_doc_tokens=48)
     assert rr.calibrated
-    query, docs = SANITY_QUERIES[0][0], SANITY_DOCS
     results = rr.rank(query, docs)
+    tokens = [d.tokens for d in rr.prepare(docs)]
+    for r in results:
+        assert 0.0 <= r.relevance <= 1.0
+        want = scoring.relevance(r.score, *fit.terms(tokens[r.index], len(docs)))
+        assert r.relevance == pytest.approx(want, rel=1e-9)  # the map of its own score, length and list size
+
+    out = tmp_path / "score.json"
+    got = runner.invoke(app, [*base, "--out", str(out), "--form", "score"])
+    assert got.exit_code == 0, got.output
+    fit = load_head_list(out).relevance_map
+    assert not fit.uses_context and fit.a > 0
+    results = Reranker(heads=out, max_doc_tokens=48).rank(query, docs)
     rel = [r.relevance for r in results]
-    assert all(0.0 <= p <= 1.0 for p in rel) and rel == sorted(rel, reverse=True)
+    assert rel == sorted(rel, reverse=True)  # one increasing map of the raw score: relevance sorts like it
     best = results[0]
-    alone = rr.rank(query, [docs[best.index], docs[results[-1].index]]).by_index(0)
-    assert alone.relevance == pytest.approx(
-        1 / (1 + np.exp(-(fit.a * alone.score + fit.b))), rel=1e-9
-    )  # the map of its own score
+    assert best.relevance == pytest.approx(1 / (1 + np.exp(-(fit.a * best.score + fit.b))), rel=1e-9)
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "x.json"), "--form", "nope"])
+    assert bad.exit_code != 0 and "--form" in bad.output
     assert Reranker(heads="all", max_doc_tokens=48).rank(query, docs)[0].relevance is None  # no map
 
 
