@@ -15,11 +15,12 @@ import math
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
+from . import highlights as sentences
 from . import scoring
 from .block import BlockLayout, BlockPrompt, block_context, supports_blocks
 from .errors import (
@@ -76,13 +77,15 @@ class PreparedDocument:
 @dataclass(frozen=True)
 class Prompt:
     """One prompt ready to run, in token ids: the real prompt and the N/A prompt over the same documents, the
-    token range of each one's query span, and the token span of every document (placement order)."""
+    token range of each one's query span, the token span of every document (placement order) and, per document,
+    the character offsets of its span's tokens in its own text (what highlights map token scores back with)."""
 
     ids_query: list[int]
     query_rows: tuple[int, int]
     ids_null: list[int]
     null_rows: tuple[int, int]
     doc_spans: list[tuple[int, int]]
+    doc_offsets: list[list[tuple[int, int]]] = field(default_factory=list)
 
     @property
     def length(self) -> int:
@@ -344,6 +347,7 @@ class Reranker:
         *,
         first_stage_scores: Sequence[float] | None = None,
         show_progress_bar: bool | None = None,
+        highlights: bool = False,
     ) -> RankedResults:
         """Documents ordered by relevance to ``query``, best first.
 
@@ -353,6 +357,8 @@ class Reranker:
         fused with the attention (``fusion_weight``); for the default model this ranked better than either alone
         behind BM25 and dense retrievers, not for every model (docs/retriever_study.md).
         ``show_progress_bar``: ``None`` shows one when the list needs several windows.
+        ``highlights``: every result gets ``highlights``, the sentences of its scored text with their scores, from
+        the same forward passes (:mod:`core_rerank.highlights`).
         """
         top_n = check_top_n(top_n)
         min_score = check_threshold("min_score", min_score)
@@ -361,8 +367,49 @@ class Reranker:
         first = check_first_stage_scores(first_stage_scores, len(docs))
         if not docs:
             return RankedResults(query, [], 0, self.head_list.describe())
-        raw, windows = self._score([query], docs, show_progress_bar)[0]
-        return self._results(query, docs, raw, windows, top_n, min_score, first)
+        tokens = [{}] if highlights else None
+        raw, windows = self._score([query], docs, show_progress_bar, token_out=tokens)[0]
+        return self._results(query, docs, raw, windows, top_n, min_score, first, tokens[0] if tokens else None)
+
+    def compress(
+        self,
+        query: str,
+        documents: Sequence[Document],
+        top_n: int | None = None,
+        *,
+        keep: float | int | None = 0.5,
+        scope: str = "document",
+        min_sentence_score: float | None = None,
+        marker: str = " [...] ",
+        min_score: float | None = None,
+        first_stage_scores: Sequence[float] | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> RankedResults:
+        """:meth:`rank` with ``highlights``, each result's text pruned to its best sentences: ``result.compression``
+        holds the kept sentences in their original order (``marker`` where sentences were dropped) and the kept
+        share of the document's tokens.
+
+        ``keep``: the token budget, a fraction in (0, 1] (a ``float``) or a number of tokens (an ``int``); ``None``:
+        no budget (``min_sentence_score`` alone decides). ``scope``: ``"document"`` gives every returned document
+        its own budget; ``"list"`` one budget over all of them (their sentences compete: a document may keep only
+        its best one). Sentences scoring below ``min_sentence_score`` are dropped. Every returned document keeps at
+        least its best sentence; the text past ``max_doc_tokens`` is never kept. The other options are
+        :meth:`rank`'s (``top_n`` applies before pruning: only returned documents share a list budget).
+        """
+        budget = sentences.check_budget(keep, scope, min_sentence_score, marker)
+        ranked = self.rank(
+            query,
+            documents,
+            top_n,
+            min_score,
+            first_stage_scores=first_stage_scores,
+            show_progress_bar=show_progress_bar,
+            highlights=True,
+        )
+        totals = [r.tokens if not r.truncated else self._count(r.text) for r in ranked]
+        pruned = sentences.prune([r.highlights or () for r in ranked], [r.text for r in ranked], totals, budget)
+        results = [replace(r, compression=c) for r, c in zip(ranked, pruned)]
+        return RankedResults(ranked.query, results, ranked.num_windows, ranked.head_list)
 
     def score(self, query: str, documents: Sequence[Document], *, show_progress_bar: bool | None = None) -> list[float]:
         """Raw relevance scores in input order (``-inf`` for an empty document)."""
@@ -398,6 +445,7 @@ class Reranker:
         show_progress_bar: bool | None = None,
         *,
         first_stage_scores: Sequence[Sequence[float]] | None = None,
+        highlights: bool = False,
     ) -> list[RankedResults]:
         """Rank for many queries: ``documents`` is one list per query, or one list shared by all.
 
@@ -405,7 +453,7 @@ class Reranker:
         together: per window, the system turn and documents (the prompt's query-independent prefix) and the
         content-free N/A pass run once, and only each query's short suffix runs per query, so many queries
         over one list cost little more than one. ``show_progress_bar``: ``None`` shows one for several queries.
-        ``first_stage_scores``: one list per query (see :meth:`rank`).
+        ``first_stage_scores``: one list per query (see :meth:`rank`); ``highlights`` as in :meth:`rank`.
         """
         if isinstance(queries, str) or not isinstance(queries, Sequence):
             raise InvalidInputTypeError("queries must be a list of strings; use rank() for one query")
@@ -421,13 +469,23 @@ class Reranker:
         firsts = list(first_stage_scores) if first_stage_scores is not None else [None] * len(queries)
         show = len(queries) > 1 if show_progress_bar is None else show_progress_bar
         if shared and queries:
-            return self._rank_shared(queries, documents, top_n, min_score, show, firsts)
+            return self._rank_shared(queries, documents, top_n, min_score, show, firsts, highlights)
         from tqdm.auto import tqdm
 
         out = []
         for qi, query in enumerate(tqdm(queries, desc="re-ranking", unit="query", disable=not show)):
             docs = documents if shared else documents[qi]
-            out.append(self.rank(query, docs, top_n, min_score, first_stage_scores=firsts[qi], show_progress_bar=False))
+            out.append(
+                self.rank(
+                    query,
+                    docs,
+                    top_n,
+                    min_score,
+                    first_stage_scores=firsts[qi],
+                    show_progress_bar=False,
+                    highlights=highlights,
+                )
+            )
         return out
 
     # ------------------------------------------------------------------ the engine, step by step (public API)
@@ -459,13 +517,12 @@ class Reranker:
         null = build_prompt(self._markers, texts, NULL_QUERY)
         enc_r, enc_n = self._encode(real), self._encode(null)
         spans_r, spans_n = TokenSpans(enc_r.offsets), TokenSpans(enc_n.offsets)
-        return Prompt(
-            enc_r.ids,
-            spans_r(real.query_span),
-            enc_n.ids,
-            spans_n(null.query_span),
-            [spans_r(s) for s in real.doc_spans],
-        )
+        doc_spans = [spans_r(s) for s in real.doc_spans]
+        offsets = [
+            [(min(max(x - c0, 0), c1 - c0), min(max(y - c0, 0), c1 - c0)) for x, y in enc_r.offsets[t0:t1]]
+            for (c0, c1), (t0, t1) in zip(real.doc_spans, doc_spans)
+        ]
+        return Prompt(enc_r.ids, spans_r(real.query_span), enc_n.ids, spans_n(null.query_span), doc_spans, offsets)
 
     def _block_prompt(self, query: str, texts: Sequence[str], clip: int | None = None) -> BlockPrompt:
         """The block prompt of ``texts``; ``clip`` cuts each one's token ids to that many (a text cut to
@@ -643,9 +700,12 @@ class Reranker:
         top_n: int | None,
         min_score: float | None,
         first_stage: list[float] | None = None,
+        tokens: Mapping[int, tuple[list[float], list[tuple[int, int]]]] | None = None,
     ) -> RankedResults:
         """Ranked results of one query from its raw scores and windows (input order), fused with the first
-        stage's scores when given: sorted best first, then ``min_score`` and ``top_n`` applied, in that order."""
+        stage's scores when given: sorted best first, then ``min_score`` and ``top_n`` applied, in that order.
+        ``tokens``: each scored document's token contributions and offsets (:meth:`_score`'s ``token_out``): the
+        results carry highlights."""
         final = raw if first_stage is None else scoring.fuse(raw, first_stage, self.fusion_weight)
         normalized = scoring.softmax(final, self.temperature)
         relevance = self._relevance(raw, docs, windows)
@@ -664,6 +724,7 @@ class Reranker:
                 relevance=relevance[i],
                 attention_score=raw[i],
                 first_stage_score=None if first_stage is None else first_stage[i],
+                highlights=None if tokens is None else self._highlights(docs[i], tokens.get(i)),
             )
             for r, i in enumerate(order)
         ]
@@ -672,6 +733,26 @@ class Reranker:
         if top_n is not None:
             results = results[:top_n]
         return RankedResults(query, results, max(windows) + 1, self.head_list.describe())
+
+    def _highlights(
+        self, doc: PreparedDocument, tokens: tuple[list[float], list[tuple[int, int]]] | None
+    ) -> tuple[sentences.Highlight, ...]:
+        if tokens is None:  # an empty document: nothing was read
+            return ()
+        contributions, offsets = tokens
+        language = self.settings.sentence_language
+        return tuple(sentences.highlights(doc.text, len(doc.scored_text), contributions, offsets, language))
+
+    def _token_offsets(self, prompt: Prompt | BlockPrompt, k: int, doc: PreparedDocument) -> list[tuple[int, int]]:
+        """Character offsets, in ``doc``'s text, of the tokens of the ``k``-th document span of ``prompt``."""
+        if isinstance(prompt, Prompt):
+            return prompt.doc_offsets[k]
+        a, b = prompt.doc_spans[k]
+        with self._loaded.lock:  # the block's ids are plain_ids of the scored text, clipped to the span
+            enc = self._loaded.tokenizer(
+                doc.scored_text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+            )
+        return [tuple(o) for o in enc["offset_mapping"][: b - a]]
 
     def _head_rows(self, head_sets: Mapping[str, Sequence[tuple[int, int]]]) -> dict[str, list[int]]:
         """Rows of each head set in this reranker's signals (its head list's order)."""
@@ -696,9 +777,12 @@ class Reranker:
         head_rows: Mapping[str, list[int]] | None = None,
         contrast: bool = True,
         progress_label: str = "scoring windows",
+        token_out: list[dict] | None = None,
     ) -> list[tuple[Any, list[int]]]:
         """For each query, the raw scores and window number of every document, in input order: one list of
-        scores, or with ``head_rows`` one list per head set.
+        scores, or with ``head_rows`` one list per head set. ``token_out`` (one dict per query) receives, per
+        document index, its tokens' contributions to its score (rescaled as the score is) and their character
+        offsets in its text: the material of highlights.
 
         Each query's windows are planned as for that query alone (the budget depends on its length), so every
         query gets exactly the scores it gets on its own. Queries whose plans put the same documents in the
@@ -733,6 +817,13 @@ class Reranker:
                                 raw[qi][name][d.index] = score * scale
                         for d in window.placed:
                             window_of[qi][d.index] = w
+                        if token_out is not None:
+                            parts = scoring.token_contributions(
+                                signals.query.sum(0), signals.null.sum(0), prompt.doc_spans
+                            )
+                            for k, (d, part) in enumerate(zip(window.placed, parts)):
+                                offsets = self._token_offsets(prompt, k, d)
+                                token_out[qi][d.index] = ((part * scale).tolist(), offsets)
                     bar.update()
         return [(r if head_rows is not None else r[""], w) for r, w in zip(raw, window_of)]
 
@@ -744,6 +835,7 @@ class Reranker:
         min_score: float | None,
         show_progress_bar: bool,
         first_stage_scores: Sequence[Sequence[float] | None],
+        highlights: bool = False,
     ) -> list[RankedResults]:
         """``rank_batch`` over one shared list: inputs checked once (all queries before any model work),
         documents cut once, every query scored in the same forward passes."""
@@ -754,8 +846,9 @@ class Reranker:
         firsts = [check_first_stage_scores(f, len(docs)) for f in first_stage_scores]
         if not docs:
             return [RankedResults(q, [], 0, self.head_list.describe()) for q in queries]
-        scored = self._score(queries, docs, show_progress_bar, progress_label="re-ranking")
+        tokens = [{} for _ in queries] if highlights else None
+        scored = self._score(queries, docs, show_progress_bar, progress_label="re-ranking", token_out=tokens)
         return [
-            self._results(q, docs, raw, windows, top_n, min_score, first)
-            for q, (raw, windows), first in zip(queries, scored, firsts)
+            self._results(q, docs, raw, windows, top_n, min_score, first, tokens[qi] if tokens else None)
+            for qi, (q, (raw, windows), first) in enumerate(zip(queries, scored, firsts))
         ]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
+
+if TYPE_CHECKING:
+    from .highlights import Compression, Highlight
 
 __all__ = ["RankResult", "RankedResults"]
 
@@ -39,6 +42,15 @@ class RankResult:
     relevance: float | None = None
     attention_score: float | None = None
     first_stage_score: float | None = None
+    highlights: tuple[Highlight, ...] | None = None
+    compression: Compression | None = None
+
+    @property
+    def best_sentence(self) -> Highlight | None:
+        """The highest-scoring of ``highlights`` (None without highlights or for an empty document)."""
+        if not self.highlights:
+            return None
+        return max(self.highlights, key=lambda h: h.score)
 
     @property
     def corpus_id(self) -> int:
@@ -73,6 +85,8 @@ class RankResult:
             "rank": self.rank,
             "text": self.text,
             "truncated": self.truncated,
+            **({"highlights": [h.to_dict() for h in self.highlights]} if self.highlights is not None else {}),
+            **({"compression": self.compression.to_dict()} if self.compression is not None else {}),
         }
 
 

@@ -9,11 +9,13 @@ This module is the one place the scoring formula lives (docs/method.md, section 
 where s(j) is the attention signal summed over the selected heads (see ``head_signal``).
 
 Two maps of the raw score live here too. ``relevance``: a calibrated probability that the document is
-relevant, ``1 / (1 + exp(-(a * score + b)))`` with ``a > 0, b`` fitted per head list on labelled training
-data (the head list's ``relevance_map``); it reads only the document's own score, so it is comparable across
-queries and lists. ``softmax``: the list-relative ``normalized_score``. ``fuse``: the attention score
-combined with the first stage's own scores when the caller has them, ``z(attention) + w * z(first stage)``
-(each standardized over the list, so the first stage's scale does not matter).
+relevant, ``1 / (1 + exp(-(slope * score + offset)))`` with ``slope > 0`` and both fitted per head list and
+attention mode on labelled training data (the head list's ``RelevanceMap``, which reads the document's length and
+its list's size into them); it reads the document's own score, so it is comparable across queries and lists.
+``softmax``: the list-relative ``normalized_score``. ``fuse``: the attention score combined with the first stage's
+own scores when the caller has them, ``z(attention) + w * z(first stage)`` (each standardized over the list, so the
+first stage's scale does not matter). ``token_contributions``: each token's ``m(j) * c(j)``, which highlights sum
+per sentence.
 The std is the sample std (n - 1), as torch computes it in the reference code. The mask drops
 outliers; a document without spread (one token, or all c(j) equal) has none and keeps every token.
 """
@@ -25,7 +27,23 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["document_masses", "document_scores", "fuse", "relevance", "softmax", "standardized"]
+__all__ = [
+    "document_masses",
+    "document_scores",
+    "fuse",
+    "relevance",
+    "softmax",
+    "standardized",
+    "token_contributions",
+]
+
+
+def _kept(cd: torch.Tensor) -> torch.Tensor | None:
+    """The 2-sigma mask m(j) of one document's contrast ``cd`` (a bool tensor), None where it keeps every token
+    (one token, or no spread)."""
+    if cd.numel() > 1 and float(cd.std()) > 0:
+        return cd > cd.mean() - 2 * cd.std()
+    return None
 
 
 def document_scores(
@@ -42,10 +60,24 @@ def document_scores(
             scores.append(-math.inf)
             continue
         cd = c[a:b]
-        if cd.numel() > 1 and float(cd.std()) > 0:
-            cd = cd[cd > cd.mean() - 2 * cd.std()]
-        scores.append(float(cd.sum()))
+        kept = _kept(cd)
+        scores.append(float((cd if kept is None else cd[kept]).sum()))
     return scores
+
+
+def token_contributions(
+    signal_query: torch.Tensor, signal_null: torch.Tensor, token_spans: Sequence[tuple[int, int]]
+) -> list[torch.Tensor]:
+    """Each document token's share of its document's score, ``m(j) * c(j)`` (float64, one tensor per span, empty
+    for an empty span): summed over a document it is :func:`document_scores`' score, summed over a sentence the
+    sentence's score (highlights, :mod:`core_rerank.highlights`)."""
+    c = signal_query.double() - signal_null.double()
+    out = []
+    for a, b in token_spans:
+        cd = c[a:b] if b > a else c[:0]
+        kept = _kept(cd)
+        out.append(cd.clone() if kept is None else torch.where(kept, cd, torch.zeros_like(cd)))
+    return out
 
 
 def document_masses(signal: torch.Tensor, token_spans: Sequence[tuple[int, int]]) -> list[float]:
@@ -76,7 +108,8 @@ def softmax(scores: Sequence[float], temperature: float | None = None) -> list[f
 
 def relevance(score: float, a: float, b: float) -> float:
     """Calibrated probability of relevance of a raw score: logistic ``1 / (1 + exp(-(a * score + b)))``
-    (``a > 0``: monotone in the score); an empty document (``-inf``) gets 0."""
+    (``a > 0``: monotone in the score; ``a, b`` from :meth:`core_rerank.heads.RelevanceMap.terms` for the
+    document's length and list size); an empty document (``-inf``) gets 0."""
     if not math.isfinite(score):
         return 0.0 if score < 0 else 1.0
     t = a * score + b

@@ -175,6 +175,14 @@ class EngineSettings:
             "Softmax temperature of normalized_score (default: the scores' spread).",
         ),
     )
+    sentence_language: str = field(
+        default="en",
+        metadata=_help(
+            "Language code (ISO 639, e.g. 'en', 'de', 'ja') the sentence splitter of highlights and compress() "
+            "follows (sentencex; an unknown code falls back to a related language's rules, then to English).",
+            "Language of the documents for sentence splitting (highlights, compress).",
+        ),
+    )
     local_files_only: bool | None = field(
         default=None,
         metadata=_help(
@@ -347,6 +355,12 @@ def _megabytes(name: str, value: Any) -> int:
     return value
 
 
+def _language(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value.strip()) > 16:
+        raise InvalidInputError(f"{name} must be a language code such as 'en', got {value!r}")
+    return value.strip()
+
+
 def _flag(name: str, value: Any, optional: bool = False) -> bool | None:
     if value is None and optional:
         return None
@@ -369,6 +383,7 @@ _CHECKS = {
     "kv_cache_mb": _megabytes,
     "order": _order,
     "temperature": _temperature,
+    "sentence_language": _language,
     "local_files_only": lambda n, v: _flag(n, v, optional=True),
     "revision": _optional_str,
     "allow_other_model_heads": _flag,
