@@ -3,7 +3,9 @@
 Each input line is a JSON object ``{"id": ..., "query": "...", "documents": [str | {"text", "title"?, ...}]}``;
 each output line is ``{"id": ..., "results": [{"index", "score", "relevance"}, ...]}``, best first, in input order.
 ``score`` is the engine's raw score (``null`` for an empty document, whose score is -inf), ``relevance`` the
-calibrated [0, 1] relevance (``null`` for a head list without a relevance map).
+calibrated [0, 1] relevance (``null`` for a head list without a relevance map). With ``highlights``
+(``--highlights``) each result also has ``highlights``: its sentences with their scores
+(:class:`~core_rerank.highlights.Highlight`), from the same pass.
 
 A bad line never stops the job: it gets ``{"id": ... (null if it had none), "line": N, "error": message,
 "error_type": kind}`` in its place and the job goes on (``error_type`` is ``InvalidRow`` for a line that is not an
@@ -36,10 +38,12 @@ __all__ = ["BatchSettings", "RayScorer", "read_input", "read_lines", "run_embedd
 class BatchSettings:
     """How each process builds its reranker (the same for the embedded run and every Ray actor): the engine's
     settings, and ``threads``, torch's intra-op threads per process (``None`` leaves torch's default, every core;
-    on Ray, one per CPU the actor reserves, so actors on one machine do not oversubscribe its cores)."""
+    on Ray, one per CPU the actor reserves, so actors on one machine do not oversubscribe its cores), and
+    ``highlights``, whether each result carries its sentences with their scores."""
 
     engine: EngineSettings = field(default_factory=EngineSettings)
     threads: int | None = None
+    highlights: bool = False
 
     def build(self) -> Reranker:
         """Load the reranker these settings describe (in the calling process)."""
@@ -56,7 +60,7 @@ def _error(row_id: Any, line_no: int, error_type: str, message: str) -> dict[str
     return {"id": row_id, "line": line_no, "error": message, "error_type": error_type}
 
 
-def score_line(reranker: Reranker, line: str, line_no: int) -> dict[str, Any]:
+def score_line(reranker: Reranker, line: str, line_no: int, highlights: bool = False) -> dict[str, Any]:
     """Score one input line (``line_no`` counts from 1) and return its output row, or its error row.
 
     The one scoring function of both paths (embedded and Ray Data), so both produce the same rows. Never raises
@@ -76,10 +80,15 @@ def score_line(reranker: Reranker, line: str, line_no: int) -> dict[str, Any]:
     if not documents:
         return _error(row_id, line_no, "InvalidRow", "'documents' is empty: there is nothing to rank")
     try:
-        results = reranker.rank(query, documents, show_progress_bar=False)
+        results = reranker.rank(query, documents, show_progress_bar=False, highlights=highlights)
     except CoreRerankError as exc:
         return _error(row_id, line_no, type(exc).__name__, str(exc))
-    ranked = [{"index": r.index, "score": r.json_score, "relevance": r.relevance} for r in results]
+    ranked = []
+    for r in results:
+        item: dict[str, Any] = {"index": r.index, "score": r.json_score, "relevance": r.relevance}
+        if highlights:
+            item["highlights"] = [h.to_dict() for h in r.highlights or ()]
+        ranked.append(item)
     return {"id": row_id, "results": ranked}
 
 
@@ -117,7 +126,7 @@ def run_embedded(
     errors = 0
     with out.open("w", encoding="utf-8") as f:
         for done, (n, line) in enumerate(lines, start=1):
-            row = score_line(reranker, line, n)
+            row = score_line(reranker, line, n, settings.highlights)
             errors += "error" in row
             f.write(_dump(row) + "\n")
             if progress is not None:
@@ -133,9 +142,13 @@ class RayScorer:
 
     def __init__(self, settings: BatchSettings) -> None:
         self.reranker = settings.build()
+        self.highlights = settings.highlights
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        rows = [_dump(score_line(self.reranker, str(line), int(n))) for n, line in zip(batch["n"], batch["line"])]
+        rows = [
+            _dump(score_line(self.reranker, str(line), int(n), self.highlights))
+            for n, line in zip(batch["n"], batch["line"])
+        ]
         return {"n": list(batch["n"]), "row": rows}
 
 

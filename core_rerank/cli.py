@@ -48,6 +48,10 @@ def rank(
     docs: Annotated[Path, typer.Option("--docs", "-d", help="JSONL file: {'text', 'title'?} per line, or .txt lines.")],
     top_n: Annotated[int | None, typer.Option("--top-n", "-n", min=1, help="Show only the best N.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    highlights: Annotated[
+        bool,
+        typer.Option("--highlights", help="Mark each document's best sentence (with --json: every sentence's score)."),
+    ] = False,
     *,
     engine: EngineSettings,
 ) -> None:
@@ -58,7 +62,7 @@ def rank(
     quiet_transformers()  # the status spinner below covers loading
     with console.status(f"loading {engine.model} ..."):
         reranker = Reranker.from_settings(engine)
-    results = reranker.rank(query, documents, top_n=top_n)
+    results = reranker.rank(query, documents, top_n=top_n, highlights=highlights)
     if as_json:
         print(json.dumps(results.to_dicts(), indent=1, allow_nan=False))
         return
@@ -67,7 +71,7 @@ def rank(
         table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     table.add_column("text", overflow="ellipsis", no_wrap=True, ratio=1)
     for r in results:
-        text = escape(r.text.replace("\n", " "))  # document text is data, not rich markup
+        text = _marked(r) if highlights else escape(r.text.replace("\n", " "))  # document text is data, not markup
         table.add_row(
             str(r.rank),
             str(r.index),
@@ -77,6 +81,17 @@ def rank(
             text + (" [dim](truncated)[/dim]" if r.truncated else ""),
         )
     console.print(table)
+
+
+def _marked(result) -> str:
+    """A result's text as rich markup with its best sentence marked, shown from that sentence on (what an
+    ellipsized one-line cell should not hide)."""
+    best = result.best_sentence
+    flat = result.text.replace("\n", " ")
+    if best is None:
+        return escape(flat)
+    head = "... " if flat[: best.start].strip() else ""
+    return f"{head}[bold yellow]{escape(flat[best.start : best.end])}[/bold yellow]{escape(flat[best.end :])}"
 
 
 @app.command()
@@ -184,6 +199,9 @@ def batch(
         str | None,
         typer.Option(help="With --ray: a running cluster ('auto', 'ray://host:10001'). Default: a local one."),
     ] = None,
+    highlights: Annotated[
+        bool, typer.Option("--highlights", help="Give each result its sentences with their scores ('highlights').")
+    ] = False,
     *,
     engine: EngineSettings,
 ) -> None:
@@ -193,7 +211,7 @@ def batch(
     from .batch import BatchSettings, read_input, run_embedded, run_ray
 
     lines = read_input(input_path)
-    settings = BatchSettings(engine=engine, threads=cpus_per_actor if use_ray else None)
+    settings = BatchSettings(engine=engine, threads=cpus_per_actor if use_ray else None, highlights=highlights)
     if use_ray:
         errors = run_ray(
             settings,

@@ -7,9 +7,10 @@ document's sentence scores add up to its score. Scores of one call share one sca
 so sentences of different documents compare.
 
 Sentences come from `sentencex <https://pypi.org/project/sentencex/>`_ (Wikimedia's rule-based segmenter: offline,
-no data download, ~300 languages). Where it finds no boundary in a long stretch (code, tables, lists without
-punctuation), the stretch is split at line breaks, then at spaces, so no "sentence" runs past
-``MAX_SENTENCE_CHARS``. A token belongs to the sentence holding its last character.
+no data download, ~300 languages), then a title or heading line and a list item end a sentence too. Where it finds
+no boundary in a long stretch (code, tables, lists without punctuation), the stretch is split at line breaks, then
+at spaces, so no "sentence" runs past ``MAX_SENTENCE_CHARS``. A token belongs to the sentence holding its last
+character.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "select",
     "sentence_spans",
     "token_budget",
+    "within",
 ]
 
 MAX_SENTENCE_CHARS = 600
@@ -124,6 +126,28 @@ def _split_long(text: str, a: int, b: int) -> list[tuple[int, int]]:
     return out
 
 
+_HEADING_CHARS = 60
+_BULLET = re.compile(r"\s*([-*\u2022]|\d+[.)])\s")
+
+
+def _split_lines(text: str, a: int, b: int) -> list[tuple[int, int]]:
+    """``text[a:b]`` split after a line that is a heading or a list item's end: a single line break the segmenter
+    reads through (a title line, "Title\nText" as the engine joins a document's title and text) ends a sentence
+    when the line before it is short (at most 60 characters) and ends without ``.!?:;,``, or when the next line
+    starts a list item. Long hard-wrapped lines of prose stay one sentence."""
+    out, at = [], a
+    for m in re.finditer(r"\n", text[a:b]):
+        cut = a + m.end()
+        line = text[at : a + m.start()].strip()
+        following = text[cut:b]
+        heading = 0 < len(line) <= _HEADING_CHARS and line[-1] not in ".!?:;,"
+        if cut < b and following.strip() and (heading or _BULLET.match(following)):
+            out.append((at, cut))
+            at = cut
+    out.append((at, b))
+    return out
+
+
 def sentence_spans(text: str, language: str = "en") -> list[tuple[int, int]]:
     """The sentences of ``text`` as (start, end) character spans in order, whitespace-only parts left out and each
     sentence's surrounding whitespace trimmed. The segmenter's split, or where it has none a split at line breaks
@@ -133,7 +157,7 @@ def sentence_spans(text: str, language: str = "en") -> list[tuple[int, int]]:
         starts = [0, *(m.end() for m in _BREAK.finditer(text))]
         spans = list(zip(starts, [*starts[1:], len(text)]))
     out = []
-    for a, b in spans:
+    for a, b in (piece for span in spans for piece in _split_lines(text, *span)):
         for x, y in _split_long(text, a, b):
             piece = text[x:y]
             lead = len(piece) - len(piece.lstrip())
@@ -179,25 +203,25 @@ def compress(
     marker: str,
 ) -> Compression:
     """The :class:`Compression` of ``text`` keeping the ``sentences`` flagged in ``keep``: kept sentences in their
-    order, ``marker`` wherever one or more sentences (or the unscored tail) were dropped."""
-    parts: list[str] = []
-    dropped = False
-    for s, k in zip(sentences, keep):
-        if k:
-            if dropped or (not parts and s.start > 0 and text[: s.start].strip()):
-                parts.append(marker)
-            parts.append(text[s.start : s.end])
-            dropped = False
+    order, neighbours joined by the text between them in ``text``, ``marker`` wherever one or more sentences (or
+    the unscored tail) were dropped (stripped at the ends of the result)."""
+    out = ""
+    prev: int | None = None
+    for k, s in enumerate(sentences):
+        if not keep[k]:
+            continue
+        if prev is None:
+            out = marker.lstrip() if text[: s.start].strip() else ""
+        elif k == prev + 1:
+            out += text[sentences[prev].end : s.start]
         else:
-            dropped = True
-    last = max((s.end for s, k in zip(sentences, keep) if k), default=0)
-    if parts and (dropped or text[last:].strip()) and parts[-1] != marker:
-        parts.append(marker)
-    joined = ""
-    for p in parts:
-        joined += p if not joined or p == marker or joined.endswith(marker) else " " + p
+            out += marker
+        out += text[s.start : s.end]
+        prev = k
+    if prev is not None and text[sentences[prev].end :].strip():
+        out += marker.rstrip()
     kept = tuple(i for i, k in enumerate(keep) if k)
-    return Compression(joined.strip(), kept, sum(sentences[i].tokens for i in kept), total_tokens)
+    return Compression(out, kept, sum(sentences[i].tokens for i in kept), total_tokens)
 
 
 def select(
@@ -301,3 +325,30 @@ def prune(
         budgets = [token_budget(budget.keep, t) for t in totals]
     keep = select(docs, budgets, budget.min_score)
     return [compress(t, d, k, total, budget.marker) for t, d, k, total in zip(texts, docs, keep, totals)]
+
+
+def within(result, start: int, end: int):
+    """A copy of ``result`` (a ``RankResult`` with highlights) restricted to ``result.text[start:end]``: its text
+    that part, its highlights the sentences inside it (offsets relative to ``start``; one crossing a boundary is
+    cut to it), ``tokens`` theirs, ``truncated`` when the cut of ``max_doc_tokens`` may lie inside the part (past
+    the start of the last sentence read)."""
+    from dataclasses import replace
+
+    text = result.text[start:end]
+    inside = []
+    for h in result.highlights or ():
+        a, b = max(h.start, start), min(h.end, end)
+        if a < b and text[a - start : b - start].strip():
+            piece = result.text[a:b]
+            lead = len(piece) - len(piece.lstrip())
+            a2, b2 = a + lead, a + len(piece.rstrip())
+            inside.append(replace(h, start=a2 - start, end=b2 - start, text=result.text[a2:b2]))
+    hl = result.highlights or ()
+    truncated = result.truncated and (not hl or end > hl[-1].start)  # the cut lies at or after the last start
+    return replace(
+        result,
+        text=text,
+        highlights=tuple(inside),
+        tokens=sum(h.tokens for h in inside),
+        truncated=truncated,
+    )

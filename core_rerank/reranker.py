@@ -406,10 +406,28 @@ class Reranker:
             show_progress_bar=show_progress_bar,
             highlights=True,
         )
-        totals = [r.tokens if not r.truncated else self._count(r.text) for r in ranked]
-        pruned = sentences.prune([r.highlights or () for r in ranked], [r.text for r in ranked], totals, budget)
-        results = [replace(r, compression=c) for r, c in zip(ranked, pruned)]
+        results = self.prune(
+            ranked, keep=budget.keep, scope=budget.scope, min_sentence_score=budget.min_score, marker=budget.marker
+        )
         return RankedResults(ranked.query, results, ranked.num_windows, ranked.head_list)
+
+    def prune(
+        self,
+        results: Sequence[RankResult],
+        *,
+        keep: float | int | None = 0.5,
+        scope: str = "document",
+        min_sentence_score: float | None = None,
+        marker: str = " [...] ",
+    ) -> list[RankResult]:
+        """Copies of ``results`` (from ``rank(..., highlights=True)``, or a selection of them) with ``compression``
+        set as :meth:`compress` sets it: what framework wrappers use after picking their ``top_n``."""
+        budget = sentences.check_budget(keep, scope, min_sentence_score, marker)
+        if any(r.highlights is None for r in results):
+            raise InvalidInputError("prune needs results ranked with highlights=True")
+        totals = [r.tokens if not r.truncated else self._count(r.text) for r in results]
+        pruned = sentences.prune([r.highlights for r in results], [r.text for r in results], totals, budget)
+        return [replace(r, compression=c) for r, c in zip(results, pruned)]
 
     def score(self, query: str, documents: Sequence[Document], *, show_progress_bar: bool | None = None) -> list[float]:
         """Raw relevance scores in input order (``-inf`` for an empty document)."""

@@ -2,9 +2,11 @@
 
 ``engine_fields(pydantic)`` builds, once per pydantic flavour (LangChain uses pydantic, LlamaIndex its bridge of
 it), a pydantic model whose fields are exactly the engine's settings (same names, defaults and descriptions) plus
-``reranker`` (a ready :class:`~core_rerank.Reranker`, not serialized). A wrapper inherits from it beside its
-framework's base class, so an engine option added to ``EngineSettings`` appears in every wrapper, and is
-validated by ``EngineSettings`` alone.
+``reranker`` (a ready :class:`~core_rerank.Reranker`, not serialized) and the options of what a wrapper returns
+besides the order (``highlights``, and pruning: ``keep``, ``prune_scope``, ``min_sentence_score``). A wrapper
+inherits from it beside its framework's base class, so an engine option added to ``EngineSettings`` appears in
+every wrapper, and is validated by ``EngineSettings`` alone; ``ranked_selection`` is the one way both wrappers
+rank, select and prune.
 
 Kept light (no torch, no transformers), so importing a wrapper stays cheap.
 """
@@ -22,8 +24,9 @@ from .settings import EngineSettings, option_names
 
 if TYPE_CHECKING:
     from .reranker import Reranker
+    from .results import RankResult
 
-__all__ = ["engine_fields", "finite_scores"]
+__all__ = ["engine_fields", "finite_scores", "result_metadata"]
 
 
 @cache
@@ -50,6 +53,69 @@ def engine_fields(pydantic: ModuleType) -> type:
                 value = getattr(settings, name)
                 object.__setattr__(self, name, list(value) if isinstance(value, tuple) else value)
             return self
+
+        highlights: bool = pydantic.Field(
+            default=False,
+            description="Add each returned document's sentences with their scores (start, end, text, score, tokens, "
+            "truncated) to its metadata under 'highlights', from the ranking's own forward pass.",
+        )
+        keep: float | int | None = pydantic.Field(
+            default=None,
+            description="Prune each returned document to its best sentences: a fraction in (0, 1] (float) or a "
+            "number of tokens (int) to keep; None (default) returns whole documents. Copies get the kept text, "
+            "metadata 'highlights' and 'kept_ratio' (kept tokens over the document's).",
+        )
+        prune_scope: str = pydantic.Field(
+            default="document",
+            description="'document': every returned document gets the keep budget; 'list': one budget over all "
+            "of them, their sentences competing.",
+        )
+        min_sentence_score: float | None = pydantic.Field(
+            default=None,
+            description="Prune sentences scoring below this (the sentence's share of the raw attention score); "
+            "alone (keep=None) or with keep.",
+        )
+
+        @pydantic.model_validator(mode="after")
+        def _pruning_checked(self) -> Any:
+            if self.pruning:
+                from .highlights import check_budget
+
+                check_budget(self.keep, self.prune_scope, self.min_sentence_score, " [...] ")
+            return self
+
+        @property
+        def pruning(self) -> bool:
+            """Whether returned documents are pruned to their best sentences."""
+            return self.keep is not None or self.min_sentence_score is not None
+
+        def ranked_selection(
+            self,
+            query: str,
+            texts: Sequence[str],
+            first_stage_scores: Sequence[float] | None,
+            top_n: int | None,
+            min_relevance_score: float | None,
+            parts: Sequence[tuple[int, int]] | None = None,
+        ) -> list[RankResult]:
+            """Rank ``texts``, keep the best ``top_n`` whose relevance reaches ``min_relevance_score``, and (with
+            ``keep`` / ``min_sentence_score``) prune them; with ``highlights`` or pruning, results carry their
+            sentences. ``parts``: per text, the (start, end) span that is the document's own text (a framework
+            that scores its metadata with the text prunes only the text): the results' highlights and compression
+            then refer to that part."""
+            engine = self.engine
+            wanted = self.highlights or self.pruning
+            ranked = engine.rank(query, texts, first_stage_scores=first_stage_scores, highlights=wanted)
+            chosen = ranked.select(top_n, min_relevance_score)
+            if parts is not None and wanted:
+                from .highlights import within
+
+                chosen = [within(r, *parts[r.index]) for r in chosen]
+            if not self.pruning:
+                return chosen
+            return engine.prune(
+                chosen, keep=self.keep, scope=self.prune_scope, min_sentence_score=self.min_sentence_score
+            )
 
         @pydantic.field_validator("reranker", check_fields=False)
         @classmethod
@@ -117,6 +183,18 @@ def _with_reranker_settings(data: Any) -> Any:
             f"its own (it has {', '.join(f'{n}={getattr(held, n)!r}' for n in differ)})"
         )
     return {**data, **held.to_dict()}
+
+
+def result_metadata(result: RankResult) -> dict[str, Any]:
+    """What a wrapper adds to a returned document's metadata besides its scores: ``highlights`` when the result
+    has them, ``kept_ratio`` and ``kept_tokens`` when it was pruned. JSON as it is."""
+    out: dict[str, Any] = {}
+    if result.highlights is not None:
+        out["highlights"] = [h.to_dict() for h in result.highlights]
+    if result.compression is not None:
+        out["kept_ratio"] = result.compression.ratio
+        out["kept_tokens"] = result.compression.kept_tokens
+    return out
 
 
 def finite_scores(values: Sequence[Any]) -> list[float] | None:

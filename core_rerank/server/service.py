@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CoreRerankError
 from ..kv_cache import KVCacheStats
+from ..results import RankedResults
 from .errors import ApiError, from_engine_error
 from .settings import ServerSettings
 from .wire import RerankJob, Scored
 
 if TYPE_CHECKING:
     from ..reranker import Reranker
-    from ..results import RankedResults
 
 __all__ = ["RerankService"]
 
@@ -122,7 +122,7 @@ class RerankService:
         budget = self.budget(job)
         rr = self._engine(budget)
         try:
-            results = rr.rank(job.query, job.texts, show_progress_bar=False)
+            results = rr.rank(job.query, job.texts, show_progress_bar=False, highlights=job.sentences)
         except CoreRerankError as exc:
             raise from_engine_error(exc) from None
         return self._scored(job, results, budget, rr)
@@ -130,7 +130,7 @@ class RerankService:
     def batch_key(self, job: RerankJob) -> tuple:
         """Jobs with equal keys can be scored together by :meth:`run_batch`: the same documents, budget and
         ``truncate``."""
-        return (job.documents_key, self.budget(job), job.truncate)
+        return (job.documents_key, self.budget(job), job.truncate, job.sentences)
 
     def run_batch(self, jobs: list[RerankJob]) -> list[Scored | ApiError]:
         """Score jobs of one :meth:`batch_key` together (blocking): one ``rank_batch`` call over their shared
@@ -140,7 +140,9 @@ class RerankService:
         budget = self.budget(jobs[0])
         rr = self._engine(budget)
         try:
-            batched = rr.rank_batch([job.query for job in jobs], jobs[0].texts, show_progress_bar=False)
+            batched = rr.rank_batch(
+                [job.query for job in jobs], jobs[0].texts, show_progress_bar=False, highlights=jobs[0].sentences
+            )
         except CoreRerankError:
             return [self._alone(job) for job in jobs]
         out: list[Scored | ApiError] = []
@@ -167,6 +169,8 @@ class RerankService:
                     f"documents {cut[:10]} are longer than {budget} tokens and truncate is false: shorten them, or "
                     "send truncate: true (or null) to score their first tokens",
                 )
+        if job.prune is not None:
+            results = _pruned(rr, results, job)
         return Scored(results, sum(r.tokens for r in results), self.score_kind, rr.model_id)
 
     # ------------------------------------------------------------------ description
@@ -220,3 +224,11 @@ class RerankService:
         out["limits"]["max_tokens"] = rr.max_tokens
         out["limits"]["max_documents"] = rr.max_documents
         return out
+
+
+def _pruned(rr: Reranker, results: RankedResults, job: RerankJob) -> RankedResults:
+    """``results`` with the ones the request returns (its ``top_n``) pruned under the job's budget."""
+    head, rest = list(results)[: job.top_n], list(results)[job.top_n :] if job.top_n else []
+    p = job.prune
+    pruned = rr.prune(head, keep=p.keep, scope=p.scope, min_sentence_score=p.min_score, marker=p.marker)
+    return RankedResults(results.query, pruned + rest, results.num_windows, results.head_list)

@@ -10,6 +10,12 @@ Field names are the formats' own. Unknown fields are ignored, and JSON ``null`` 
 field and means its default. Every score in [0, 1] is the result's :attr:`~core_rerank.RankResult.relevance_score`
 (the calibrated per-document ``relevance``), the same number in every format; ``raw_scores: true`` (accepted by
 all four) gives the engine's raw attention score instead (``null`` for an empty document, whose raw score is -inf).
+
+Two extension fields, accepted by all four (absent or ``null``: the response is the format's own, unchanged):
+``return_highlights: true`` adds ``highlights`` to every result (its sentences with ``start``, ``end``, ``text``,
+``score``, ``tokens``, ``truncated``, from the ranking's own pass); ``prune: {keep, scope, min_sentence_score}``
+adds ``compression`` (``text``, ``kept``, ``kept_tokens``, ``ratio``) to every returned result, its best sentences
+under the budget (``Reranker.compress``; a ``list`` scope's budget is shared by the results the request returns).
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from ..errors import InvalidInputError
+from ..highlights import Budget, check_budget
 from ..inputs import check_query, document_text
 from ..results import RankedResults, RankResult
 from .errors import ApiError, validation
@@ -32,6 +39,7 @@ __all__ = [
     "CohereV1Request",
     "CohereV2Request",
     "InfinityRequest",
+    "PruneSpec",
     "RerankJob",
     "Scored",
     "TeiRequest",
@@ -55,6 +63,14 @@ class RerankJob:
     originals: list[Any]
     max_doc_tokens: int | None = None
     truncate: bool = True
+    highlights: bool = False
+    prune: Budget | None = None
+    top_n: int | None = None
+
+    @property
+    def sentences(self) -> bool:
+        """Whether the job's results need their sentences (highlights, or pruning)."""
+        return self.highlights or self.prune is not None
 
     @property
     def documents_key(self) -> tuple[str, ...]:
@@ -137,15 +153,49 @@ def _warnings(scored: Scored, job: RerankJob, budget: int) -> list[str]:
     return [f"{n} of {len(job.texts)} documents were cut to their first {budget} tokens before scoring"]
 
 
+class PruneSpec(BaseModel):
+    """The ``prune`` extension field: ``Reranker.compress``'s budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep: StrictFloat | StrictInt | None = 0.5
+    scope: Literal["document", "list"] = "document"
+    min_sentence_score: StrictFloat | StrictInt | None = None
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     query: StrictStr
     raw_scores: StrictBool | None = None
+    return_highlights: StrictBool | None = None
+    prune: PruneSpec | None = None
 
     @property
     def raw(self) -> bool:
         return bool(self.raw_scores)
+
+    def extensions(self) -> dict[str, Any]:
+        """The job fields of the extension fields (a 422 for a budget ``compress`` refuses)."""
+        budget = None
+        if self.prune is not None:
+            p = self.prune
+            try:
+                min_score = None if p.min_sentence_score is None else float(p.min_sentence_score)
+                budget = check_budget(p.keep, p.scope, min_score, " [...] ")
+            except InvalidInputError as exc:
+                raise validation(f"prune: {exc}") from None
+        return {"highlights": bool(self.return_highlights), "prune": budget, "top_n": getattr(self, "top_n", None)}
+
+
+def _extras(r: RankResult, job: RerankJob) -> dict[str, Any]:
+    """The extension fields of one result."""
+    out: dict[str, Any] = {}
+    if job.highlights and r.highlights is not None:
+        out["highlights"] = [h.to_dict() for h in r.highlights]
+    if r.compression is not None:
+        out["compression"] = r.compression.to_dict()
+    return out
 
 
 class TeiRequest(_Request):
@@ -163,7 +213,7 @@ class TeiRequest(_Request):
                 "truncation_direction 'Left' is not supported: a long document keeps its beginning (use 'Right')"
             )
         texts = [_document_text(i, t, None) for i, t in enumerate(self.texts)]
-        return RerankJob(query, texts, list(self.texts), truncate=self.truncate is not False)
+        return RerankJob(query, texts, list(self.texts), truncate=self.truncate is not False, **self.extensions())
 
     def render(self, job: RerankJob, scored: Scored, budget: int) -> list[dict[str, Any]]:
         out = []
@@ -171,7 +221,7 @@ class TeiRequest(_Request):
             item: dict[str, Any] = {"index": r.index, "score": score_of(r, self.raw)}
             if self.return_text:
                 item["text"] = job.originals[r.index]
-            out.append(item)
+            out.append({**item, **_extras(r, job)})
         return out
 
 
@@ -185,9 +235,8 @@ class InfinityRequest(_Request):
 
     def job(self) -> RerankJob:
         query = _check(self.query, self.documents)
-        return RerankJob(
-            query, [_document_text(i, d, None) for i, d in enumerate(self.documents)], list(self.documents)
-        )
+        texts = [_document_text(i, d, None) for i, d in enumerate(self.documents)]
+        return RerankJob(query, texts, list(self.documents), **self.extensions())
 
     def render(self, job: RerankJob, scored: Scored, budget: int) -> dict[str, Any]:
         results = []
@@ -195,7 +244,7 @@ class InfinityRequest(_Request):
             item: dict[str, Any] = {"relevance_score": score_of(r, self.raw), "index": r.index}
             if self.return_documents:
                 item["document"] = job.originals[r.index]
-            results.append(item)
+            results.append({**item, **_extras(r, job)})
         return {
             "object": "rerank",
             "results": results,
@@ -219,7 +268,7 @@ class CohereV1Request(_Request):
     def job(self) -> RerankJob:
         query = _check(self.query, self.documents)
         texts = [_document_text(i, d, self.rank_fields) for i, d in enumerate(self.documents)]
-        return RerankJob(query, texts, list(self.documents))
+        return RerankJob(query, texts, list(self.documents), **self.extensions())
 
     def render(self, job: RerankJob, scored: Scored, budget: int) -> dict[str, Any]:
         results = _cohere_results(job, scored, self.top_n, self.raw, self.return_documents)
@@ -239,7 +288,9 @@ class CohereV2Request(_Request):
     def job(self) -> RerankJob:
         query = _check(self.query, self.documents)
         texts = [_document_text(i, d, None) for i, d in enumerate(self.documents)]
-        return RerankJob(query, texts, list(self.documents), max_doc_tokens=self.max_tokens_per_doc)
+        return RerankJob(
+            query, texts, list(self.documents), max_doc_tokens=self.max_tokens_per_doc, **self.extensions()
+        )
 
     def render(self, job: RerankJob, scored: Scored, budget: int) -> dict[str, Any]:
         results = _cohere_results(job, scored, self.top_n, self.raw, self.return_documents)
@@ -257,7 +308,7 @@ def _cohere_results(
         if return_documents:
             original = job.originals[r.index]
             item["document"] = {"text": original} if isinstance(original, str) else original
-        results.append(item)
+        results.append({**item, **_extras(r, job)})
     return results
 
 

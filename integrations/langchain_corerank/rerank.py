@@ -3,6 +3,7 @@
     >>> from langchain_classic.retrievers import ContextualCompressionRetriever
     >>> from langchain_corerank import CoReRerank
     >>> retriever = ContextualCompressionRetriever(base_compressor=CoReRerank(top_n=3), base_retriever=base)
+    >>> pruned = CoReRerank(top_n=5, keep=0.5)  # the best half of each document's tokens, by sentence
 
 The engine (and its model) is created on first use and shared process-wide with every other
 ``core_rerank.Reranker`` configured alike, including the LlamaIndex ``CoReRerank``. To re-rank with a model
@@ -21,10 +22,10 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field
 
 from core_rerank.inputs import check_query
-from core_rerank.wrappers import engine_fields, finite_scores
+from core_rerank.wrappers import engine_fields, finite_scores, result_metadata
 
 if TYPE_CHECKING:
-    from core_rerank import RankedResults
+    from core_rerank import RankResult
 
 __all__ = ["CoReRerank"]
 
@@ -39,6 +40,11 @@ class CoReRerank(engine_fields(pydantic), BaseDocumentCompressor):
     fitted map) and ``metadata["core_rerank_score"]`` (the raw attention score: unbounded, higher is more relevant;
     ``None`` for an empty document, which ranks last). Both are valid JSON (never ``-inf`` or NaN), so metadata that
     was JSON stays JSON.
+
+    Context pruning (``keep``: a fraction or a number of tokens; ``min_sentence_score``; ``prune_scope``): each
+    returned copy's ``page_content`` is its best sentences in their original order, ``" [...] "`` where sentences
+    were dropped, with ``metadata["highlights"]`` (every sentence with its score) and ``metadata["kept_ratio"]``.
+    ``highlights=True`` adds the highlights without pruning. Both come from the ranking's own forward pass.
     """
 
     top_n: int | None = Field(default=3, ge=1)
@@ -66,8 +72,7 @@ class CoReRerank(engine_fields(pydantic), BaseDocumentCompressor):
         if not documents:
             return []
         scores = self._first_stage_scores(documents)
-        ranked = self.engine.rank(query, [doc.page_content for doc in documents], first_stage_scores=scores)
-        return self._select(documents, ranked)
+        return self._copies(documents, self._rank(query, [doc.page_content for doc in documents], scores))
 
     async def acompress_documents(
         self,
@@ -81,8 +86,8 @@ class CoReRerank(engine_fields(pydantic), BaseDocumentCompressor):
             return []
         texts = [doc.page_content for doc in documents]
         scores = self._first_stage_scores(documents)
-        ranked = await run_in_executor(None, lambda: self.engine.rank(query, texts, first_stage_scores=scores))
-        return self._select(documents, ranked)
+        chosen = await run_in_executor(None, lambda: self._rank(query, texts, scores))
+        return self._copies(documents, chosen)
 
     def _first_stage_scores(self, documents: Sequence[Document]) -> list[float] | None:
         """The retriever's scores under ``first_stage_score_key``, when every document has a finite number."""
@@ -90,14 +95,21 @@ class CoReRerank(engine_fields(pydantic), BaseDocumentCompressor):
             return None
         return finite_scores([doc.metadata.get(self.first_stage_score_key) for doc in documents])
 
-    def _select(self, documents: Sequence[Document], ranked: RankedResults) -> list[Document]:
+    def _rank(self, query: str, texts: list[str], scores: list[float] | None) -> list[RankResult]:
+        return self.ranked_selection(query, texts, scores, self.top_n, self.min_relevance_score)
+
+    def _copies(self, documents: Sequence[Document], chosen: list[RankResult]) -> list[Document]:
         out: list[Document] = []
-        for result in ranked.select(self.top_n, self.min_relevance_score):
+        for result in chosen:
             original = documents[result.index]
             metadata = {
                 **original.metadata,
                 "relevance_score": result.relevance_score,
                 "core_rerank_score": result.json_attention_score,  # None, not -inf, for an empty document
+                **result_metadata(result),
             }
-            out.append(original.model_copy(update={"metadata": metadata}))
+            update = {"metadata": metadata}
+            if result.compression is not None:
+                update["page_content"] = result.compression.text
+            out.append(original.model_copy(update=update))
         return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from batch_rows import assert_same_rows, make_rows, read_jsonl, write_jsonl
 from typer.testing import CliRunner
 
@@ -83,3 +84,17 @@ def test_batch_command_errors(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", make_rows(1))
     unknown = runner.invoke(app, ["batch", str(src), "-o", str(tmp_path / "o.jsonl"), "--model", "/no/such/model"])
     assert unknown.exit_code == 2 and "does not exist" in unknown.output
+
+
+def test_batch_highlights_are_the_engines(tmp_path, default_rr):
+    rows = make_rows(2, seed=3)
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(app, ["batch", str(src), "--output", str(out), "--highlights"])
+    assert result.exit_code == 0, result.output
+    for g, row in zip(read_jsonl(out), rows):
+        ranked = default_rr.rank(row["query"], row["documents"], highlights=True)
+        assert [r["index"] for r in g["results"]] == ranked.indices
+        for got, want in zip(g["results"], ranked):
+            assert [h["text"] for h in got["highlights"]] == [h.text for h in want.highlights]
+            assert sum(h["score"] for h in got["highlights"]) == pytest.approx(want.attention_score, rel=1e-6, abs=1e-9)

@@ -31,6 +31,18 @@ def test_rank_json_output():
     assert [r["rank"] for r in rows] == list(range(1, 9))
 
 
+def test_rank_highlights_mark_the_best_sentence():
+    """--highlights shows each document from its best sentence on; with --json every sentence with its score."""
+    query = "which fruit is rich in potassium?"
+    table = runner.invoke(app, ["rank", "-q", query, "-d", str(DOCS), "--top-n", "1", "--highlights"])
+    assert table.exit_code == 0, table.output
+    row = next(ln for ln in table.output.splitlines() if ln.startswith("│"))
+    assert "... Bananas are an elongated" in row  # the title line skipped, the answer sentence shown first
+    rows = json.loads(runner.invoke(app, ["rank", "-q", query, "-d", str(DOCS), "--json", "--highlights"]).output)
+    best = max(rows[0]["highlights"], key=lambda h: h["score"])
+    assert rows[0]["text"][best["start"] : best["end"]] == best["text"] and "potassium" in best["text"]
+
+
 def test_plain_text_docs_and_errors(tmp_path):
     txt = tmp_path / "docs.txt"
     txt.write_text("Paris is the capital of France.\n\nBerlin is the capital of Germany.\n")

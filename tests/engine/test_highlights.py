@@ -191,6 +191,16 @@ def test_sentence_spans_fall_back_for_text_the_segmenter_cannot_split():
     assert len(pieces) > 1 and all(b - a <= MAX_SENTENCE_CHARS for a, b in pieces)
     words = " ".join(["word"] * 500)  # no boundary and no line break
     assert all(b - a <= MAX_SENTENCE_CHARS for a, b in sentence_spans(words))
+    titled = "Bananas\nBananas are a fruit. Steps:\n- peel it\n- eat it"  # a title line, a list
+    assert [titled[a:b] for a, b in sentence_spans(titled)] == [
+        "Bananas",
+        "Bananas are a fruit.",
+        "Steps:",
+        "- peel it",
+        "- eat it",
+    ]
+    wrapped = "A long line of prose, hard-wrapped by a PDF extractor after more than sixty\ncharacters, goes on."
+    assert len(sentence_spans(wrapped)) == 1
     assert sentence_spans("   \n ") == [] and sentence_spans("") == []
     accents = "Café au lait, très bon. Naïve résumé! 日本語の文です。"
     assert [accents[a:b] for a, b in sentence_spans(accents)] == [

@@ -457,3 +457,65 @@ def test_first_stage_scores_from_metadata_are_fused():
     docs[0].metadata.pop("score")
     partial = CoReRerank(top_n=None, first_stage_score_key="score").compress_documents(docs, FRUIT_Q)
     assert [d.id for d in partial] == [f"id{i}" for i in Reranker().rank(FRUIT_Q, SANITY_DOCS).indices]
+
+
+# ---------------------------------------------------------------- highlights and context pruning
+def _sentences_in_order(pruned: str, original: str, marker: str = "[...]") -> bool:
+    """Every kept piece of ``pruned`` is text of ``original``, in the original's order."""
+    at = 0
+    for piece in (p.strip() for p in pruned.split(marker)):
+        if piece:
+            found = original.find(piece, at)
+            if found < 0:
+                return False
+            at = found + len(piece)
+    return True
+
+
+def test_pruned_copies_in_a_contextual_compression_retriever():
+    """keep=0.5 inside a ContextualCompressionRetriever: the re-ranked copies hold their best sentences in order,
+    within half of their tokens, with highlights and the kept ratio; the store's documents are untouched."""
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    queries, corpus = scifact_subset()
+    docs = [
+        Document(page_content=f"{d['title']}\n{d['text']}", metadata={"doc_id": d["_id"]}, id=d["_id"])
+        for d in corpus.values()
+    ]
+    store = InMemoryVectorStore.from_documents(docs, minilm_embeddings())
+    base = store.as_retriever(search_kwargs={"k": 6})
+    pruner = CoReRerank(top_n=3, max_doc_tokens=160, keep=0.5)
+    retriever = ContextualCompressionRetriever(base_compressor=pruner, base_retriever=base)
+    whole = ContextualCompressionRetriever(base_compressor=CoReRerank(top_n=3, max_doc_tokens=160), base_retriever=base)
+    for qid in ("42", "248"):
+        pruned = retriever.invoke(queries[qid])
+        full = whole.invoke(queries[qid])
+        assert [d.id for d in pruned] == [d.id for d in full]  # pruning leaves the ranking alone
+        assert pruned[0].id == SCIFACT_QUERIES[qid]
+        for p, f in zip(pruned, full):
+            assert f.page_content == docs[[d.id for d in docs].index(f.id)].page_content  # store untouched
+            assert len(p.page_content) < len(f.page_content) and "[...]" in p.page_content
+            assert _sentences_in_order(p.page_content, f.page_content)
+            hl = p.metadata["highlights"]
+            assert 0 < p.metadata["kept_ratio"] <= 0.5 or p.metadata["kept_tokens"] == max(h["tokens"] for h in hl)
+            assert sum(h["score"] for h in hl) == pytest.approx(p.metadata["core_rerank_score"], rel=1e-9)
+            assert json.loads(json.dumps(p.metadata)) == p.metadata
+            best = max(hl, key=lambda h: h["score"])
+            assert best["text"] in p.page_content
+
+
+def test_highlights_without_pruning_and_a_bad_budget(compressor):
+    lit = CoReRerank(top_n=None, highlights=True)
+    out = lit.compress_documents(sanity_documents(), FRUIT_Q)
+    plain = compressor.compress_documents(sanity_documents(), FRUIT_Q)
+    assert [d.page_content for d in out] == [d.page_content for d in plain]  # whole documents
+    for d in out:
+        assert [d.page_content[h["start"] : h["end"]] for h in d.metadata["highlights"]] == [
+            h["text"] for h in d.metadata["highlights"]
+        ]
+        assert "kept_ratio" not in d.metadata
+    assert "highlights" not in plain[0].metadata
+    for bad in ({"keep": 1.5}, {"keep": 0}, {"keep": 0.5, "prune_scope": "corpus"}):
+        with pytest.raises(ValidationError):
+            CoReRerank(**bad)

@@ -447,3 +447,47 @@ def test_use_retrieval_scores_fuses_the_retrievers_scores():
     nodes[0].score = None
     partial = CoReRerank(top_n=None, use_retrieval_scores=True).postprocess_nodes(nodes, query_str=FRUIT_Q)
     assert [n.node.node_id for n in partial] == [n.node.node_id for n in plain]
+
+
+# ---------------------------------------------------------------- highlights and context pruning
+def test_pruning_prunes_copies_of_the_node_text_and_never_its_metadata(post):
+    """keep=0.4: each returned node is a copy whose text is its best sentences (offsets into that text), the
+    metadata LlamaIndex scores with it is untouched, what the re-ranker adds stays out of the LLM's text, and the
+    input nodes are unchanged."""
+    two = [SANITY_DOCS[i] + " " + SANITY_DOCS[j] for i, j in ((1, 3), (5, 7), (0, 4))]
+    nodes = [
+        NodeWithScore(node=TextNode(text=t, id_=f"m{i}", metadata={"source": f"doc{i}"}), score=0.5)
+        for i, t in enumerate(two)
+    ]
+    before = [n.node.model_dump() for n in nodes]
+    out = CoReRerank(top_n=2, keep=0.4).postprocess_nodes(nodes, query_str=FRUIT_Q)
+    assert [n.node.model_dump() for n in nodes] == before
+    plain = post.postprocess_nodes(nodes, query_str=FRUIT_Q)[:2]
+    assert [n.node.node_id for n in out] == [n.node.node_id for n in plain]
+    top = out[0].node
+    assert top.node_id == "m0" and top.text == SANITY_DOCS[1] + " [...]"  # the fruit sentence, the Bastille dropped
+    assert top.metadata["source"] == "doc0" and 0 < top.metadata["kept_ratio"] < 1
+    for h in top.metadata["highlights"]:
+        assert two[0][h["start"] : h["end"]] == h["text"]  # offsets into the node's own text, not its metadata
+    llm_text = top.get_content(metadata_mode=MetadataMode.LLM)
+    assert "source: doc0" in llm_text and "highlights" not in llm_text and "kept_ratio" not in llm_text
+
+
+def test_pruned_context_reaches_the_query_engines_llm():
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core.llms import MockLLM
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    queries, corpus = scifact_subset()
+    docs = [Document(text=f"{d['title']}\n{d['text']}", id_=d["_id"]) for d in corpus.values()]
+    index = VectorStoreIndex.from_documents(docs, embed_model=HuggingFaceEmbedding(model_name=minilm_dir()))
+    engine = index.as_query_engine(
+        llm=MockLLM(), similarity_top_k=6, node_postprocessors=[CoReRerank(top_n=3, max_doc_tokens=160, keep=0.3)]
+    )
+    qid = "42"
+    response = engine.query(queries[qid])
+    sources = response.source_nodes
+    assert sources[0].node.ref_doc_id == SCIFACT_QUERIES[qid]
+    for n in sources:
+        assert "[...]" in n.node.text and n.node.text in str(response)  # the pruned text is what the LLM read
+        assert n.node.metadata["kept_ratio"] <= 0.3 or len(n.node.text.split("[...]")) <= 3

@@ -548,3 +548,48 @@ def test_the_serve_command_exits_2_when_the_model_cannot_load(tmp_path):
     )  # fmt: skip
     assert out.returncode == 2, out.stdout + out.stderr
     assert "error" in out.stdout
+
+
+# ---------------------------------------------------------------- extension fields: highlights and pruning
+TWO_TOPICS = [SANITY_DOCS[i] + " " + SANITY_DOCS[j] for i, j in ((1, 3), (5, 7), (6, 0), (2, 4))]
+
+
+@pytest.mark.parametrize(
+    ("path", "docs_field", "results_of"),
+    [
+        ("/v1/rerank", "documents", lambda body: body["results"]),
+        ("/v2/rerank", "documents", lambda body: body["results"]),
+        ("/rerank", "texts", lambda body: body),
+        ("/rerank", "documents", lambda body: body["results"]),
+    ],
+)
+def test_return_highlights_and_prune_in_every_format(server, default_rr, path, docs_field, results_of):
+    """The extension fields give what the engine gives in process: the same highlights, the same pruned text."""
+    query = SANITY_QUERIES[4][0]  # ATP: the first sentence of document 2
+    body = {"query": query, docs_field: TWO_TOPICS, "return_highlights": True, "prune": {"keep": 0.5}}
+    if docs_field == "documents":
+        body["top_n"] = 2
+    r = post(server, path, body)
+    assert r.status_code == 200, r.text
+    results = results_of(r.json())
+    expected = default_rr.compress(query, TWO_TOPICS, top_n=2 if docs_field == "documents" else None, keep=0.5)
+    assert [x["index"] for x in results] == expected.indices
+    for got, want in zip(results, expected):
+        assert [h["text"] for h in got["highlights"]] == [h.text for h in want.highlights]
+        assert [h["score"] for h in got["highlights"]] == pytest.approx([h.score for h in want.highlights], rel=1e-6)
+        assert got["compression"]["text"] == want.compression.text
+        assert got["compression"]["ratio"] == pytest.approx(want.compression.ratio)
+    assert results[0]["index"] == 2 and results[0]["compression"]["text"].startswith(SANITY_DOCS[6])
+    plain = post(server, path, {k: v for k, v in body.items() if k not in ("return_highlights", "prune")}).json()
+    assert all("highlights" not in x and "compression" not in x for x in results_of(plain))  # the format's own
+
+
+def test_a_list_budget_is_shared_by_the_returned_results_and_bad_budgets_are_422(server, default_rr):
+    query = SANITY_QUERIES[4][0]
+    body = {"query": query, "documents": TWO_TOPICS, "top_n": 2, "prune": {"keep": 0.25, "scope": "list"}}
+    results = post(server, "/v2/rerank", body).json()["results"]
+    expected = default_rr.compress(query, TWO_TOPICS, top_n=2, keep=0.25, scope="list")
+    assert [x["compression"]["text"] for x in results] == [r.compression.text for r in expected]
+    for bad in ({"keep": 1.5}, {"keep": 0}, {"scope": "corpus"}, {"keep": None}, {"keep": "half"}, {"kept": 0.5}):
+        r = post(server, "/v1/rerank", {"query": query, "documents": TWO_TOPICS, "prune": bad})
+        assert_error(r, 422, "Validation")

@@ -55,6 +55,23 @@ def test_cohere_client_v1(base, default_rr):
     assert [r.index for r in fields.results] == by_fields.indices
 
 
+def test_cohere_sdk_sends_the_extension_fields_and_reads_them_back(base, default_rr):
+    """The extension fields through the SDK's own door (additional_body_parameters): its results parse as
+    always, and carry the highlights and the pruned text the engine gives in process."""
+    client = cohere.ClientV2(api_key=KEY, base_url=base)
+    docs = [SANITY_DOCS[i] + " " + SANITY_DOCS[j] for i, j in ((1, 3), (6, 0), (5, 7))]
+    extra = {"return_highlights": True, "prune": {"keep": 0.5}}
+    out = client.rerank(
+        model="m", query=QUERY, documents=docs, top_n=2, request_options={"additional_body_parameters": extra}
+    )
+    expected = default_rr.compress(QUERY, docs, top_n=2, keep=0.5)
+    assert [r.index for r in out.results] == expected.indices and out.results[0].index == 1
+    for got, want in zip(out.results, expected):
+        assert got.compression["text"] == want.compression.text
+        assert [h["text"] for h in got.highlights] == [h.text for h in want.highlights]
+    assert out.results[0].compression["text"] == SANITY_DOCS[6] + " [...]"
+
+
 def test_cohere_sdk_raises_its_own_error_for_each_code(base):
     client = cohere.ClientV2(api_key=KEY, base_url=base)
     with pytest.raises(cohere.BadRequestError) as empty:

@@ -2,6 +2,7 @@
 
     >>> from llama_index.postprocessor.core_rerank import CoReRerank
     >>> query_engine = index.as_query_engine(similarity_top_k=10, node_postprocessors=[CoReRerank(top_n=3)])
+    >>> pruning = CoReRerank(top_n=5, keep=0.5)  # each node's text cut to its best half, by sentence
 
 The engine (and its model) is created on first use and shared process-wide with every other
 ``core_rerank.Reranker`` configured alike, including the LangChain ``CoReRerank``. To re-rank with a model
@@ -23,14 +24,15 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from core_rerank.errors import InvalidInputError
 from core_rerank.inputs import check_query
-from core_rerank.wrappers import engine_fields, finite_scores
+from core_rerank.wrappers import engine_fields, finite_scores, result_metadata
 
 if TYPE_CHECKING:
-    from core_rerank import RankedResults
+    from core_rerank import RankResult
 
 __all__ = ["CoReRerank"]
 
 dispatcher = get_dispatcher(__name__)
+_ADDED_KEYS = ("highlights", "kept_ratio", "kept_tokens")
 
 
 class CoReRerank(engine_fields(pydantic), BaseNodePostprocessor):
@@ -42,6 +44,12 @@ class CoReRerank(engine_fields(pydantic), BaseNodePostprocessor):
     ``NodeWithScore.score`` becomes the relevance score: the calibrated probability that the node is relevant, in
     [0, 1] (docs/scores.md; the list-relative softmax share for a head list without a fitted map). Nodes without
     text score 0.
+
+    Context pruning (``keep``: a fraction or a number of tokens; ``min_sentence_score``; ``prune_scope``): each
+    returned node is a copy whose text is its best sentences in their original order (``" [...] "`` where
+    sentences were dropped; the metadata LlamaIndex scores with the text is read, never pruned), with
+    ``metadata["highlights"]`` and ``metadata["kept_ratio"]``; ``highlights=True`` adds the highlights alone.
+    Both come from the ranking's own forward pass. The original nodes are never changed.
     """
 
     top_n: int | None = Field(default=3, ge=1, description="Number of nodes kept (None: all).")
@@ -78,8 +86,7 @@ class CoReRerank(engine_fields(pydantic), BaseNodePostprocessor):
             return []
         self._start_event(nodes, query_bundle)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
-            ranked = self.engine.rank(query, _texts(nodes), first_stage_scores=self._retrieval_scores(nodes))
-            new_nodes = self._select(nodes, ranked)
+            new_nodes = self._select(nodes, self._rank(query, nodes, self._retrieval_scores(nodes)))
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
         return new_nodes
@@ -93,12 +100,11 @@ class CoReRerank(engine_fields(pydantic), BaseNodePostprocessor):
         if not nodes:
             return []
         self._start_event(nodes, query_bundle)
-        texts = _texts(nodes)
         scores = self._retrieval_scores(nodes)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
             # Model loading and scoring run in a worker thread: the event loop stays free.
-            ranked = await asyncio.to_thread(lambda: self.engine.rank(query, texts, first_stage_scores=scores))
-            new_nodes = self._select(nodes, ranked)
+            chosen = await asyncio.to_thread(lambda: self._rank(query, nodes, scores))
+            new_nodes = self._select(nodes, chosen)
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
         return new_nodes
@@ -121,13 +127,28 @@ class CoReRerank(engine_fields(pydantic), BaseNodePostprocessor):
             EventPayload.TOP_K: self.top_n,
         }
 
-    def _select(self, nodes: list[NodeWithScore], ranked: RankedResults) -> list[NodeWithScore]:
+    def _rank(self, query: str, nodes: list[NodeWithScore], scores: list[float] | None) -> list[RankResult]:
+        texts = _texts(nodes)
+        parts = [_own_text(n.node, t) for n, t in zip(nodes, texts)] if self.highlights or self.pruning else None
+        return self.ranked_selection(query, texts, scores, self.top_n, self.min_relevance_score, parts)
+
+    def _select(self, nodes: list[NodeWithScore], chosen: list[RankResult]) -> list[NodeWithScore]:
         out: list[NodeWithScore] = []
-        for result in ranked.select(self.top_n, self.min_relevance_score):
+        for result in chosen:
             original = nodes[result.index]
             node = original.node
+            metadata = {**node.metadata, **result_metadata(result)}
             if self.keep_retrieval_score:
-                node = node.model_copy(update={"metadata": {**node.metadata, "retrieval_score": original.score}})
+                metadata["retrieval_score"] = original.score
+            update: dict = {"metadata": metadata} if metadata != node.metadata else {}
+            added = [k for k in _ADDED_KEYS if k in metadata]
+            if added:  # what the re-ranker adds is for the application: never in the LLM's or embedder's text
+                update["excluded_llm_metadata_keys"] = [*node.excluded_llm_metadata_keys, *added]
+                update["excluded_embed_metadata_keys"] = [*node.excluded_embed_metadata_keys, *added]
+            if result.compression is not None:
+                update["text"] = result.compression.text
+            if update:
+                node = node.model_copy(update=update)
             out.append(NodeWithScore(node=node, score=result.relevance_score))
         return out
 
@@ -141,6 +162,13 @@ def _query_str(query_bundle: QueryBundle | None) -> str:
         )
     check_query(query_bundle.query_str)
     return query_bundle.query_str
+
+
+def _own_text(node, content: str) -> tuple[int, int]:
+    """Where the node's own text sits in the content it was scored on (after its embed-visible metadata)."""
+    text = node.get_content(metadata_mode=MetadataMode.NONE) or ""
+    at = content.rfind(text) if text else -1
+    return (at, at + len(text)) if at >= 0 else (0, len(content))
 
 
 def _texts(nodes: list[NodeWithScore]) -> list[str]:
