@@ -307,10 +307,10 @@ def calibrate(
     form: Annotated[
         str,
         typer.Option(
-            help="What the map reads: 'context' (the score, the document's length and the list's size), "
-            "'length' (the score and the length) or 'score' (the raw score alone)."
+            help="What the map reads: 'list' (the score and the list's size: relevance keeps the list's order), "
+            "'context' (also the document's length), 'length' (the score and the length) or 'score' (alone)."
         ),
-    ] = "context",
+    ] = "score",
     *,
     engine: EngineSettings,
 ) -> None:

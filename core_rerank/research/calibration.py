@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMS",
+    "ORDER_KEEPING",
     "LabelledScores",
     "Reliability",
     "calibrate",
@@ -34,9 +35,12 @@ __all__ = [
     "reliability",
 ]
 
-FORMS = ("score", "length", "context")
+FORMS = ("score", "list", "length", "context")
 """The relevance maps a fit can make (:class:`~core_rerank.heads.RelevanceMap`): ``score`` reads the raw score alone,
+``list`` adds log(n) and score * log(n) (the same for every document of a list: relevance keeps the list's order),
 ``length`` adds log(tokens), ``context`` adds log(tokens), log(n) and score * log(n)."""
+ORDER_KEEPING = ("score", "list")
+"""The forms under which relevance sorts a list as its scores do (clients that sort by it keep the ranking)."""
 
 
 def fit_logistic(x: Sequence[float], y: Sequence[int], l2: float = 1e-3) -> tuple[float, float]:
@@ -147,6 +151,9 @@ def fit_relevance_map(
     if form == "score":
         a, b = fit_logistic(s, data.labels, l2)
         terms = {}
+    elif form == "list":
+        a, e, d, b = fit_logistic_features([s, [x * y for x, y in zip(s, log_n)], log_n], data.labels, l2)
+        terms = {"list_size": d, "score_list_size": e}
     elif form == "length":
         a, c, b = fit_logistic_features([s, log_t], data.labels, l2)
         terms = {"length": c}
@@ -154,7 +161,7 @@ def fit_relevance_map(
         a, e, c, d, b = fit_logistic_features([s, [x * y for x, y in zip(s, log_n)], log_t, log_n], data.labels, l2)
         terms = {"length": c, "list_size": d, "score_list_size": e}
     n_range = (max(1, min(data.sizes)), max(data.sizes))
-    if form == "context" and not all(a + terms["score_list_size"] * math.log(n) > 0 for n in n_range):
+    if form in ("context", "list") and not all(a + terms["score_list_size"] * math.log(n) > 0 for n in n_range):
         raise ValueError(f"the fitted slope does not increase with the score over list sizes {n_range}")
     if not a > 0:
         raise ValueError("the fitted slope does not increase with the score")
@@ -261,7 +268,7 @@ def calibrate(
     datasets: Sequence[tuple[Dataset, Sequence[str]]],
     depth: int = 20,
     progress: Callable[[int, int], None] | None = None,
-    form: str = "context",
+    form: str = "score",
 ) -> tuple[HeadList, Reliability]:
     """``reranker``'s head list with a relevance map for its ``attention`` mode fitted on the labelled ``datasets``
     (each with the query ids to use; lists of ``depth``, ``depth // 2`` and ``depth // 4`` documents), scored with

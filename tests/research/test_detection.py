@@ -230,7 +230,7 @@ def test_cli_calibrate_writes_a_relevance_map_the_engine_uses(tmp_path):
     base = ["calibrate", "--data", f"{wiki}:train", "--max-queries", "6", "--depth", "8", "--max-doc-tokens", "48"]
     runner = CliRunner(env={"COLUMNS": "200"})
     out = tmp_path / "context.json"
-    got = runner.invoke(app, [*base, "--out", str(out)])
+    got = runner.invoke(app, [*base, "--out", str(out), "--form", "context"])
     assert got.exit_code == 0, got.output
     fit = load_head_list(out).relevance_map
     assert fit.uses_context and fit.info["form"] == "context" and fit.n_range == (2, 8)
@@ -246,7 +246,7 @@ def test_cli_calibrate_writes_a_relevance_map_the_engine_uses(tmp_path):
         assert r.relevance == pytest.approx(want, rel=1e-9)  # the map of its own score, length and list size
 
     out = tmp_path / "score.json"
-    got = runner.invoke(app, [*base, "--out", str(out), "--form", "score"])
+    got = runner.invoke(app, [*base, "--out", str(out)])  # the default form: the score alone
     assert got.exit_code == 0, got.output
     fit = load_head_list(out).relevance_map
     assert not fit.uses_context and fit.a > 0
