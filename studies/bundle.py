@@ -3,6 +3,7 @@
     python -m studies.bundle fingerprints [--model NAME ...]   # each packaged model's weight fingerprint
     python -m studies.bundle fits [--report benchmarks/results/order_study.json]   # relevance maps, fusion weights
     python -m studies.bundle heads --model KEY [KEY ...]       # the quality study's evaluated lists, bundled
+    python -m studies.bundle relevance [--report benchmarks/results/block_study.json]   # per-mode relevance maps
 
 ``fingerprints`` records, in every bundled list of a packaged model, the fingerprint of its weights
 (:mod:`core_rerank.recognition`), read from the packaged GGUF file's input embedding, so ``Reranker.from_model``
@@ -11,7 +12,9 @@ recognises the model however it was loaded. ``fits`` stores what the order study
 the engine settings it was made with (``max_doc_tokens``, ``order``: the study's). ``heads`` makes the CoRe and QR
 lists the quality study evaluated on test (``studies.quality``, benchmarks/results/quality_heads_<key>.*.json) the
 bundled ones; a list whose heads change loses its relevance map and fusion weight (fitted for the old heads: run
-the order study and ``fits`` again). Review the diff before committing.
+the order study and ``fits`` again). ``relevance`` stores the relevance maps ``studies.block_report`` fitted on train
+for each attention mode (``relevance_map``, ``block_relevance_map``) in the default model's bundled CoRe list.
+Review the diff before committing.
 """
 
 from __future__ import annotations
@@ -105,6 +108,21 @@ def fits(report_path: Path) -> None:
         write(hl)
 
 
+def relevance(report_path: Path) -> None:
+    """Store the per-mode relevance maps of a ``studies.block_report`` report in the model's bundled CoRe list."""
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    hl = _core_list(report["model"])
+    maps = {}
+    for mode, slot in (("full", "relevance_map"), ("block", "block_relevance_map")):
+        entry = report["relevance"][mode]
+        data = dict(entry["map"])
+        test = entry["test"]["all"]
+        data["ece_test"] = test["ece"]
+        data["note"] = f"form {entry['form']!r} chosen by cross-validated log loss on train; ECE on test {test['ece']}"
+        maps[slot] = RelevanceMap.from_dict(data, f"{report_path.name}: {mode}")
+    write(replace(hl, **maps))
+
+
 def heads(keys: list[str]) -> None:
     """Bundle the evaluated candidate lists of the quality study for the models ``keys``."""
     from core_rerank.heads import load_head_list
@@ -140,8 +158,12 @@ def main() -> None:
     ft.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "results" / "order_study.json")
     hd = sub.add_parser("heads", help="bundle the quality study's evaluated CoRe and QR lists")
     hd.add_argument("--model", nargs="+", required=True, help="quality study model keys (smollm2, qwen, ...)")
+    rl = sub.add_parser("relevance", help="store the block study's per-mode relevance maps")
+    rl.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "results" / "block_study.json")
     args = ap.parse_args()
-    if args.what == "fingerprints":
+    if args.what == "relevance":
+        relevance(args.report)
+    elif args.what == "fingerprints":
         fingerprints(args.model)
     elif args.what == "fits":
         fits(args.report)

@@ -61,8 +61,8 @@ def test_fusion_in_the_study_is_the_engines():
 
 
 def test_the_bundled_lists_hold_what_the_committed_study_chose():
-    """studies.bundle fits, applied to the committed results, changes no bundled list: the relevance maps and
-    fusion weights users get are the ones the study reports."""
+    """studies.bundle fits and relevance, applied to the committed results, change no bundled list: the relevance
+    maps and fusion weights users get are the ones the studies report."""
     from core_rerank.heads import find_bundled_head_list
     from studies.bundle import fitted_lists
 
@@ -70,8 +70,13 @@ def test_the_bundled_lists_hold_what_the_committed_study_chose():
     for hl in fitted_lists(report):
         bundled = find_bundled_head_list(hl.model_id, "core")
         assert bundled.fusion == hl.fusion, hl.model_id
-        assert (bundled.relevance_map.a, bundled.relevance_map.b) == (hl.relevance_map.a, hl.relevance_map.b)
         assert bundled.relevance_map.settings == hl.relevance_map.settings
+    # The default model's relevance maps were refitted per attention mode by the block study (studies.bundle relevance).
+    block = json.loads((ROOT / "benchmarks" / "results" / "block_study.json").read_text())
+    bundled = find_bundled_head_list(block["model"], "core")
+    for mode, fit in (("full", bundled.relevance_map), ("block", bundled.block_relevance_map)):
+        made = block["relevance"][mode]["map"]
+        assert (fit.a, fit.b) == (made["a"], made["b"]) and fit.settings == made["settings"], mode
 
 
 def test_studies_read_the_shipped_settings():
