@@ -33,6 +33,18 @@ def sanity_documents() -> list[Document]:
     ]
 
 
+def scifact_retriever(corpus: dict) -> tuple[list[Document], object]:
+    """The SciFact subset's abstracts as documents, and a top-6 MiniLM retriever over an in-memory store of them."""
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    docs = [
+        Document(page_content=f"{d['title']}\n{d['text']}", metadata={"doc_id": d["_id"]}, id=d["_id"])
+        for d in corpus.values()
+    ]
+    store = InMemoryVectorStore.from_documents(docs, minilm_embeddings())
+    return docs, store.as_retriever(search_kwargs={"k": 6})
+
+
 @pytest.fixture(scope="module")
 def compressor() -> CoReRerank:
     return CoReRerank(top_n=None)
@@ -331,16 +343,9 @@ def test_contextual_compression_in_an_lcel_chain():
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import RunnablePassthrough
-    from langchain_core.vectorstores import InMemoryVectorStore
 
     queries, corpus = scifact_subset()
-
-    docs = [
-        Document(page_content=f"{d['title']}\n{d['text']}", metadata={"doc_id": d["_id"]}, id=d["_id"])
-        for d in corpus.values()
-    ]
-    store = InMemoryVectorStore.from_documents(docs, minilm_embeddings())
-    base = store.as_retriever(search_kwargs={"k": 6})
+    _, base = scifact_retriever(corpus)
     retriever = ContextualCompressionRetriever(
         base_compressor=CoReRerank(top_n=3, max_doc_tokens=160), base_retriever=base
     )
@@ -476,15 +481,9 @@ def test_pruned_copies_in_a_contextual_compression_retriever():
     """keep=0.5 inside a ContextualCompressionRetriever: the re-ranked copies hold their best sentences in order,
     within half of their tokens, with highlights and the kept ratio; the store's documents are untouched."""
     from langchain_classic.retrievers import ContextualCompressionRetriever
-    from langchain_core.vectorstores import InMemoryVectorStore
 
     queries, corpus = scifact_subset()
-    docs = [
-        Document(page_content=f"{d['title']}\n{d['text']}", metadata={"doc_id": d["_id"]}, id=d["_id"])
-        for d in corpus.values()
-    ]
-    store = InMemoryVectorStore.from_documents(docs, minilm_embeddings())
-    base = store.as_retriever(search_kwargs={"k": 6})
+    docs, base = scifact_retriever(corpus)
     pruner = CoReRerank(top_n=3, max_doc_tokens=160, keep=0.5)
     retriever = ContextualCompressionRetriever(base_compressor=pruner, base_retriever=base)
     whole = ContextualCompressionRetriever(base_compressor=CoReRerank(top_n=3, max_doc_tokens=160), base_retriever=base)
