@@ -231,6 +231,48 @@ def batch(
     err_console.print(f"wrote {output}: {len(lines)} rows{note}")
 
 
+@app.command()
+@engine_options()
+@reports_errors
+def mcp(
+    transport: Annotated[
+        str, typer.Option(help="'stdio' (the client starts this command) or 'http' (streamable HTTP).")
+    ] = "stdio",
+    host: Annotated[str, typer.Option(help="With --transport http: interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="With --transport http: port to listen on.")] = 8000,
+    path: Annotated[str, typer.Option(help="With --transport http: the MCP endpoint's path.")] = "/mcp",
+    max_call_documents: Annotated[
+        int, typer.Option(min=1, help="Most documents in one tool call (a tool error beyond).")
+    ] = 1000,
+    log_level: Annotated[str, typer.Option(help="Log level (stderr): 'info' logs every request.")] = "warning",
+    *,
+    engine: EngineSettings,
+) -> None:
+    """Serve the tools 'rerank' and 'compress' over the Model Context Protocol (the 'mcp' extra), for agents.
+    The model loads first (a bad one exits with status 2); on stdio nothing but protocol messages reaches stdout."""
+    from .mcp_server import build_server, require_mcp, run
+
+    if transport not in ("stdio", "http"):
+        raise typer.BadParameter("use 'stdio' or 'http'", param_hint="--transport")
+    if not path.startswith("/"):
+        raise typer.BadParameter("a path starts with '/'", param_hint="--path")
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise typer.BadParameter("use debug, info, warning, error or critical", param_hint="--log-level")
+    require_mcp()
+    from .reranker import Reranker
+
+    quiet_transformers()
+    reranker = Reranker.from_settings(engine)
+    server = build_server(
+        reranker, host=host, port=port, path=path, max_documents=max_call_documents, log_level=log_level
+    )
+    if transport == "http":
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            err_console.print(f"[yellow]warning:[/yellow] listening on {host}: anyone who can reach it can use it")
+        err_console.print(f"MCP server ({reranker!r}) on http://{host}:{port}{path}")
+    run(server, "http" if transport == "http" else "stdio")
+
+
 def _datasets(specs: list[str], split: str, what: str, max_queries: int | None = None) -> list[tuple]:
     """``(data set, sampled query ids)`` of each ``DIR[:SPLIT]``, warning on a test split."""
     from .research.datasets import load_dataset, sample_queries

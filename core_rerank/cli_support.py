@@ -34,8 +34,9 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str) -> typer.Exit:
-    """Print ``error: message`` and return the exit to raise (status 2)."""
-    console.print(f"[red]error:[/red] {escape(message)}")
+    """Print ``error: message`` on stderr (stdout carries results, and protocol messages under ``mcp``) and
+    return the exit to raise (status 2)."""
+    err_console.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(2)
 
 

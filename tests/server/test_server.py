@@ -547,7 +547,7 @@ def test_the_serve_command_exits_2_when_the_model_cannot_load(tmp_path):
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert out.returncode == 2, out.stdout + out.stderr
-    assert "error" in out.stdout
+    assert "error" in out.stderr
 
 
 # ---------------------------------------------------------------- extension fields: highlights and pruning
