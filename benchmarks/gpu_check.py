@@ -1,8 +1,10 @@
-"""GPU check: CUDA dense and 4-bit NF4, signals against eager attention, ``rank`` timings at 20 and 50 documents.
+"""GPU check: CUDA dense and 4-bit NF4, signals against eager attention, ``rank`` timings, the vLLM backend.
 
     OUT=/tmp/out python benchmarks/gpu_check.py [--model default]
 
-Run by ``benchmarks/gpu_check.sh`` on a lent GPU machine; writes ``$OUT/gpu_check.json``. Every check is
+Run by ``benchmarks/gpu_check.sh`` on a lent GPU machine; writes ``$OUT/gpu_check.json``. The vLLM check
+(``Reranker.from_vllm`` on a CUDA ``vllm.LLM``: scores against the transformers engine in float32, and timings)
+runs where ``vllm`` imports, else it is recorded as skipped. Every check is
 recorded with its numbers; a missing piece (bitsandbytes, the model) is recorded as skipped with the reason.
 Without CUDA it stops at once with a clear message (exit status 2): nothing here falls back to the CPU.
 """
@@ -92,9 +94,34 @@ def main() -> int:
         rr = Reranker(args.model, device="cuda")
         return {f"rank_{n}_docs": timed_rank(rr, QUERY, documents(n)) for n in (20, 50)} | {"reranker": repr(rr)}
 
+    def vllm_backend():
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            return {"skipped": "vllm is not installed (pip install 'core-rerank[vllm]')"}
+        from vllm import LLM
+
+        from core_rerank.sources import dense_directory, resolve_source
+
+        weights = dense_directory(resolve_source(args.model))
+        llm = LLM(model=weights, enforce_eager=True, dtype="float32", max_model_len=8192, gpu_memory_utilization=0.3)
+        rv, rt = Reranker.from_vllm(llm), Reranker(weights, dtype="float32", device="cuda")
+        docs = documents(20)
+        a, b = rv.score(QUERY, docs), rt.score(QUERY, docs)
+        worst = max(abs(x - y) / max(abs(y), 1e-6) for x, y in zip(a, b) if y != float("-inf"))
+        if worst > 1e-3:
+            raise AssertionError(f"vLLM scores differ from the transformers engine by {worst:.3g} relative (> 1e-3)")
+        return {
+            "max_rel_diff_vs_transformers": worst,
+            "rank_20_docs_vllm": timed_rank(rv, QUERY, docs),
+            "rank_20_docs_transformers_fp32": timed_rank(rt, QUERY, docs),
+            "prefix_cache_share": round(rv.loaded_model.engine.cached_tokens / rv.loaded_model.engine.prompt_tokens, 3),
+        }
+
     check("dense_fp32_signals_vs_eager", results, dense)
     check("nf4_vs_dense", results, nf4)
     check("rank_timings", results, timings)
+    check("vllm_backend", results, vllm_backend)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(results, indent=1) + "\n")
     return 0 if all(v.get("ok", True) for v in results.values() if isinstance(v, dict)) else 1

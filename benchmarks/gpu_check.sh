@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check for a lent device machine (one command, under 5 minutes): CUDA dense signals vs eager, 4-bit NF4 vs
-# dense, and Reranker.rank timings at 20 and 50 documents. Results: $OUT/gpu_check.json and $OUT/gpu_check.log.
+# dense, Reranker.rank timings at 20 and 50 documents, and Reranker.from_vllm where vllm imports.
+# Results: $OUT/gpu_check.json and $OUT/gpu_check.log.
 #
 # The device machine reaches no registry and takes at most 64 MiB of carried files per call, so:
 #   - Python packages it lacks (gguf, bitsandbytes) travel as wheels in .whl/ (see the device tool's README);

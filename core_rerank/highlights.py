@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "MAX_SENTENCE_CHARS",
+    "RANK_BY",
     "SCOPES",
     "Budget",
     "Compression",
@@ -228,15 +229,18 @@ def select(
     docs: Sequence[Sequence[Highlight]],
     budgets: Sequence[int] | int | None,
     min_score: float | None,
+    rank_by: str = "score",
 ) -> list[list[bool]]:
-    """Which sentences to keep: the highest-scoring first while they fit the token budget (one per document, or one
-    ``int`` for all the documents together; None: no budget), skipping a sentence that does not fit for a shorter
-    one that does; sentences scoring below ``min_score`` never. Each document keeps at least its best sentence."""
+    """Which sentences to keep: the best first while they fit the token budget (one per document, or one ``int`` for
+    all the documents together; None: no budget), skipping a sentence that does not fit for a shorter one that does;
+    sentences scoring below ``min_score`` never. Each document keeps at least its best sentence. ``rank_by``: what
+    "best" is, the sentence's ``score`` or its ``density`` (score per token: what a token of budget buys)."""
+    value = (lambda h: h.score / max(h.tokens, 1)) if rank_by == "density" else (lambda h: h.score)
     keep = [[False] * len(d) for d in docs]
     ok = [[min_score is None or s.score >= min_score for s in d] for d in docs]
     for i, d in enumerate(docs):
         if d:
-            best = max(range(len(d)), key=lambda k: (d[k].score, -k))
+            best = max(range(len(d)), key=lambda k: (value(d[k]), -k))
             keep[i][best] = True
     if budgets is None:
         for i, d in enumerate(docs):
@@ -251,7 +255,7 @@ def select(
                 left[0 if shared else i] -= d[k].tokens
     order = sorted(
         ((i, k) for i, d in enumerate(docs) for k in range(len(d)) if ok[i][k] and not keep[i][k]),
-        key=lambda ik: (-docs[ik[0]][ik[1]].score, ik),
+        key=lambda ik: (-value(docs[ik[0]][ik[1]]), ik),
     )
     for i, k in order:
         slot = 0 if shared else i
@@ -269,6 +273,7 @@ def token_budget(keep: float | int, tokens: int) -> int:
 
 
 SCOPES = ("document", "list")
+RANK_BY = ("density", "score")
 
 
 @dataclass(frozen=True)
@@ -279,9 +284,10 @@ class Budget:
     scope: str
     min_score: float | None
     marker: str
+    rank_by: str = "density"
 
 
-def check_budget(keep: object, scope: object, min_score: object, marker: object) -> Budget:
+def check_budget(keep: object, scope: object, min_score: object, marker: object, rank_by: object = "density") -> Budget:
     """The :class:`Budget` of ``Reranker.compress``'s options, or an :class:`~core_rerank.InvalidInputError` saying
     what is wrong."""
     from .errors import InvalidInputError, InvalidInputTypeError
@@ -299,6 +305,8 @@ def check_budget(keep: object, scope: object, min_score: object, marker: object)
             raise InvalidInputError(f"keep as a number of tokens must be >= 1, got {keep!r}")
     if scope not in SCOPES:
         raise InvalidInputError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if rank_by not in RANK_BY:
+        raise InvalidInputError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
     if min_score is not None and (
         isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not math.isfinite(min_score)
     ):
@@ -309,7 +317,7 @@ def check_budget(keep: object, scope: object, min_score: object, marker: object)
         )
     if not isinstance(marker, str):
         raise InvalidInputTypeError(f"marker must be a string, got {type(marker).__name__}")
-    return Budget(keep, str(scope), None if min_score is None else float(min_score), marker)
+    return Budget(keep, str(scope), None if min_score is None else float(min_score), marker, str(rank_by))
 
 
 def prune(
@@ -323,7 +331,7 @@ def prune(
         budgets = token_budget(budget.keep, sum(totals))
     else:
         budgets = [token_budget(budget.keep, t) for t in totals]
-    keep = select(docs, budgets, budget.min_score)
+    keep = select(docs, budgets, budget.min_score, budget.rank_by)
     return [compress(t, d, k, total, budget.marker) for t, d, k, total in zip(texts, docs, keep, totals)]
 
 

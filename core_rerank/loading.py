@@ -93,6 +93,9 @@ class LoadedModel:
     lock: threading.RLock = field(default_factory=threading.RLock)
     kv_cache: DocumentKVCache = field(default_factory=DocumentKVCache)
     """Document keys and values of block attention, shared by every reranker on this model."""
+    engine: Any = None
+    """What runs the prompts when transformers does not (``None``: ``model`` does): a
+    :class:`core_rerank.vllm_backend.VllmEngine` for ``Reranker.from_vllm``, whose ``model`` is ``None``."""
 
     @property
     def num_parameters(self) -> int:

@@ -170,9 +170,9 @@ def build_server(
             int | None, Field(ge=1, description="Keep this many tokens instead of a share (overrides keep).")
         ] = None,
         scope: Annotated[
-            Literal["document", "list"],
-            Field(description="'document': each document keeps its share; 'list': one budget over all returned."),
-        ] = "document",
+            Literal["list", "document"],
+            Field(description="'list': one budget over all returned documents; 'document': each keeps its share."),
+        ] = "list",
         min_sentence_score: Annotated[
             float | None, Field(description="Also drop sentences scoring below this (attention score units).")
         ] = None,

@@ -38,6 +38,8 @@ INTRO = "Here are some paragraphs:\n\n"
 INSTRUCTION = "Please find information that are relevant to the following query in the paragraphs above.\n\n"
 QUERY_LABEL = "Query: "
 NULL_QUERY = "N/A"
+GENERATION_INSTRUCTION = "Answer the question from the paragraphs above.\n\nQuestion: "
+"""What ``Reranker.generation_prompt_ids`` puts between the documents and the question."""
 _SENTINEL = "\x1fCORE_RERANK_CONTENT\x1f"
 
 

@@ -17,7 +17,14 @@ from typing import Any
 
 from .heads import HeadList, bundled_head_lists
 
-__all__ = ["MIN_CORRELATION", "SAMPLES", "embedding_fingerprint", "fingerprint_of", "match_by_fingerprint"]
+__all__ = [
+    "MIN_CORRELATION",
+    "SAMPLES",
+    "embedding_fingerprint",
+    "fingerprint_of",
+    "match_by_fingerprint",
+    "match_fingerprint",
+]
 
 SAMPLES = 128
 MIN_CORRELATION = 0.98
@@ -72,8 +79,14 @@ def match_by_fingerprint(
     """The preferred bundled list (CoRe over QR over all heads) of the model whose recorded fingerprint ``model``'s
     weights match, with the correlation; ``None`` when none does. Lists for another attention shape never match."""
     given = fingerprint_of(model)
-    if given is None:
-        return None
+    return None if given is None else match_fingerprint(given, num_layers, num_heads, num_kv_heads)
+
+
+def match_fingerprint(
+    given: Mapping[str, Any], num_layers: int, num_heads: int, num_kv_heads: int
+) -> tuple[HeadList, float] | None:
+    """:func:`match_by_fingerprint` for a fingerprint already taken (:func:`embedding_fingerprint`), e.g. inside
+    another engine's worker."""
     best: tuple[HeadList, float] | None = None
     preference = {"core": 0, "qr": 1, "custom": 2, "all": 3}
     for hl in bundled_head_lists():

@@ -35,6 +35,7 @@ from .heads import HeadList, HeadSpec, resolve_head_list
 from .inputs import check_documents, check_first_stage_scores, check_query, check_threshold, check_top_n, document_text
 from .loading import LoadedModel, load_model, read_shape, resolve_device, resolve_dtype, resolve_quantization
 from .prompt import (
+    GENERATION_INSTRUCTION,
     NULL_QUERY,
     TokenSpans,
     block_parts,
@@ -200,36 +201,16 @@ class Reranker:
         """
         from .loading import describe_model, wrap_model
 
-        fixed = sorted(set(options) & set(LOAD_SETTINGS))
-        if fixed:
-            raise InvalidInputError(
-                f"from_model uses the model as you loaded it: {', '.join(fixed)} cannot be set here (load the model "
-                "with them, or let core-rerank load it: Reranker(model=..., ...))"
-            )
-        settings = EngineSettings.from_options({"heads": heads, **options})
+        settings = _settings_of_loaded(
+            heads,
+            options,
+            "from_model uses the model as you loaded it",
+            "load the model with them, or let core-rerank load it: Reranker(model=..., ...)",
+        )
         source, shape = describe_model(model)
-        match = "given" if settings.heads is not None else f"its name {source.model_id!r}"
-        try:
-            head_list = resolve_head_list(
-                settings.heads,
-                source.model_id,
-                shape.num_layers,
-                shape.num_heads,
-                shape.num_kv_heads,
-                allow_other_model=settings.allow_other_model_heads,
-            )
-        except HeadListNotFoundError as exc:
-            from .recognition import match_by_fingerprint
+        from .recognition import fingerprint_of
 
-            found = match_by_fingerprint(model, shape.num_layers, shape.num_heads, shape.num_kv_heads)
-            if found is None:
-                raise HeadListNotFoundError(
-                    f"{exc}\n(from_model looked the model up by its config's name_or_path, {source.location!r}, and by "
-                    "a fingerprint of its weights: neither is a model with a bundled list)"
-                ) from None
-            head_list, r = found
-            source = replace(source, model_id=head_list.model_id)
-            match = f"a fingerprint of its weights (correlation {r:.4f} with {head_list.model_id})"
+        head_list, source, match = _find_head_list(settings, source, shape, lambda: fingerprint_of(model), "from_model")
         logger.info("from_model: the %s, found by %s", head_list.describe(), match)
         loaded = wrap_model(model, tokenizer, source, shape, head_list.max_layer + 1)
         self = cls.__new__(cls)
@@ -241,6 +222,55 @@ class Reranker:
             device=loaded.device,
             quantization=loaded.quantization if loaded.quantization in ("4bit", "8bit") else None,
         )
+        self._configure(loaded, settings)
+        return self
+
+    @classmethod
+    def from_vllm(cls, llm: Any, heads: HeadSpec = None, **options: Any) -> Reranker:
+        """A reranker inside a ``vllm.LLM`` you already hold, e.g. the one that serves your generator: the same
+        weights and KV cache, no second copy of the model (:mod:`core_rerank.vllm_backend`).
+
+        The prompts, the N/A contrast, truncation, windows and results are the transformers engine's; only the
+        forward passes run in vLLM, as prefill-only requests whose selected heads' post-RoPE queries and keys
+        forward hooks record. Scores equal ``Reranker(<same weights>, dtype="float32")`` within float32 tolerance
+        when the LLM computes in float32. The documents come first in every prompt, so vLLM's prefix cache serves
+        them to the N/A pass, to every query over the same list, and to a generation whose prompt starts with them.
+
+        ``llm`` needs ``enforce_eager=True`` (hooks do not run inside compiled graphs) and one worker (tensor and
+        pipeline parallel size 1). ``heads=None`` picks the bundled list by the model's name, else by a fingerprint
+        of its embedding weights (:class:`~core_rerank.HeadListNotFoundError` when neither matches). The options
+        that choose how a model loads (``model``, ``quantization``, ``dtype``, ``device``, ...) are the LLM's and
+        are refused here; ``attention="block"`` is not available on this engine. Calls are serialised; do not
+        generate with the same ``LLM`` from another thread while it scores (``vllm.LLM`` is not thread-safe).
+        """
+        from .loading import model_shape
+        from .sources import ModelSource
+        from .vllm_backend import VllmEngine
+
+        settings = _settings_of_loaded(
+            heads, options, "from_vllm uses the LLM as you created it", "create the LLM with them"
+        )
+        if settings.attention == "block":
+            raise UnsupportedModelError("attention='block' is not available with from_vllm: use attention='full'")
+        engine = VllmEngine(llm)
+        model_config = llm.llm_engine.vllm_config.model_config
+        name = str(model_config.served_model_name or model_config.model)
+        source = ModelSource("hf", os.path.basename(name.rstrip("/")) if os.path.isdir(name) else name, name)
+        shape = model_shape(engine.config)
+        shape = replace(shape, context_length=min(shape.context_length, engine.max_model_len - 1))
+        head_list, source, match = _find_head_list(
+            settings, source, shape, lambda: engine.info.get("fingerprint"), "from_vllm"
+        )
+        engine.check_heads(head_list.heads_by_layer, source.model_id)
+        import copy
+
+        tokenizer = copy.deepcopy(llm.get_tokenizer())
+        dtype = model_config.dtype
+        loaded = LoadedModel(None, tokenizer, source, shape, shape.num_layers, dtype, None, "vllm", engine=engine)
+        self = cls.__new__(cls)
+        self.source, self.head_list, self.head_list_match = source, head_list, match
+        self.device, self.dtype, self.quantization = "vllm", dtype, None
+        settings = settings.replace(model=source.setting, dtype=str(dtype).removeprefix("torch."))
         self._configure(loaded, settings)
         return self
 
@@ -378,9 +408,10 @@ class Reranker:
         top_n: int | None = None,
         *,
         keep: float | int | None = 0.5,
-        scope: str = "document",
+        scope: str = "list",
         min_sentence_score: float | None = None,
         marker: str = " [...] ",
+        rank_by: str = "density",
         min_score: float | None = None,
         first_stage_scores: Sequence[float] | None = None,
         show_progress_bar: bool | None = None,
@@ -390,13 +421,16 @@ class Reranker:
         share of the document's tokens.
 
         ``keep``: the token budget, a fraction in (0, 1] (a ``float``) or a number of tokens (an ``int``); ``None``:
-        no budget (``min_sentence_score`` alone decides). ``scope``: ``"document"`` gives every returned document
-        its own budget; ``"list"`` one budget over all of them (their sentences compete: a document may keep only
-        its best one). Sentences scoring below ``min_sentence_score`` are dropped. Every returned document keeps at
-        least its best sentence; the text past ``max_doc_tokens`` is never kept. The other options are
-        :meth:`rank`'s (``top_n`` applies before pruning: only returned documents share a list budget).
+        no budget (``min_sentence_score`` alone decides). ``scope``: ``"list"`` (default) one budget over all the
+        returned documents (their sentences compete: a document may keep only its best one); ``"document"`` gives
+        every returned document its own. ``rank_by``: which sentences go first, ``"density"`` (default: score per
+        token, what a token of the budget buys) or ``"score"``. The defaults are the rule chosen on dev sentence
+        labels (docs/highlights.md, "Quality"). Sentences scoring below ``min_sentence_score`` are dropped. Every
+        returned document keeps at least its best sentence; the text past ``max_doc_tokens`` is never kept. The
+        other options are :meth:`rank`'s (``top_n`` applies before pruning: only returned documents share a list
+        budget).
         """
-        budget = sentences.check_budget(keep, scope, min_sentence_score, marker)
+        budget = sentences.check_budget(keep, scope, min_sentence_score, marker, rank_by)
         ranked = self.rank(
             query,
             documents,
@@ -407,7 +441,12 @@ class Reranker:
             highlights=True,
         )
         results = self.prune(
-            ranked, keep=budget.keep, scope=budget.scope, min_sentence_score=budget.min_score, marker=budget.marker
+            ranked,
+            keep=budget.keep,
+            scope=budget.scope,
+            min_sentence_score=budget.min_score,
+            marker=budget.marker,
+            rank_by=budget.rank_by,
         )
         return RankedResults(ranked.query, results, ranked.num_windows, ranked.head_list)
 
@@ -416,13 +455,14 @@ class Reranker:
         results: Sequence[RankResult],
         *,
         keep: float | int | None = 0.5,
-        scope: str = "document",
+        scope: str = "list",
         min_sentence_score: float | None = None,
         marker: str = " [...] ",
+        rank_by: str = "density",
     ) -> list[RankResult]:
         """Copies of ``results`` (from ``rank(..., highlights=True)``, or a selection of them) with ``compression``
         set as :meth:`compress` sets it: what framework wrappers use after picking their ``top_n``."""
-        budget = sentences.check_budget(keep, scope, min_sentence_score, marker)
+        budget = sentences.check_budget(keep, scope, min_sentence_score, marker, rank_by)
         if any(r.highlights is None for r in results):
             raise InvalidInputError("prune needs results ranked with highlights=True")
         totals = [r.tokens if not r.truncated else self._count(r.text) for r in results]
@@ -592,15 +632,16 @@ class Reranker:
             return self._block_signals(prompts)
         if any(p.ids_null != null.ids_null for p in prompts[1:]):
             raise InvalidInputError("prompts run together must hold the same documents")
+        args = (
+            self.head_list.heads_by_layer,
+            [PromptTokens(p.ids_query, p.query_rows) for p in prompts],
+            PromptTokens(null.ids_null, null.null_rows),
+            max((b for p in prompts for _, b in p.doc_spans), default=0),
+        )
         with self._loaded.lock:
-            return head_signals_many(
-                self._loaded.model,
-                self.head_list.heads_by_layer,
-                [PromptTokens(p.ids_query, p.query_rows) for p in prompts],
-                PromptTokens(null.ids_null, null.null_rows),
-                max((b for p in prompts for _, b in p.doc_spans), default=0),
-                model_name=self.model_id,
-            )
+            if self._loaded.engine is not None:  # another engine runs the model (vLLM: from_vllm)
+                return self._loaded.engine.head_signals(*args, model_name=self.model_id)
+            return head_signals_many(self._loaded.model, *args, model_name=self.model_id)
 
     def _block_signals(self, prompts: Sequence[BlockPrompt]) -> list[HeadSignals]:
         null = prompts[0]
@@ -641,6 +682,33 @@ class Reranker:
             ],
             dtype=torch.float64,
         )
+
+    def generation_prompt_ids(
+        self, documents: Sequence[Document], question: str, instruction: str = GENERATION_INSTRUCTION
+    ) -> list[int]:
+        """Token ids of a prompt that asks the model to answer ``question`` from ``documents``, starting with exactly
+        the tokens every re-ranking prompt over ``documents`` starts with (chat template, the documents as the
+        re-ranking placed them), then ``instruction``, the question and the assistant turn. Generating from it on
+        the LLM of :meth:`from_vllm` right after ranking the same documents lets vLLM's prefix cache serve the
+        documents' KV instead of recomputing it. Raises :class:`~core_rerank.InvalidInputError` when the documents
+        take more than one window (no one prompt holds them all)."""
+        question = check_query(question)
+        docs = self.prepare(documents)
+        if not docs:
+            raise InvalidInputError("generation_prompt_ids needs at least one document")
+        windows = self.plan(question, docs)
+        if len(windows) > 1 or isinstance(windows[0].prompt, BlockPrompt):
+            raise InvalidInputError(
+                f"{len(docs)} documents take {len(windows)} windows of max_tokens={self.max_tokens} (or block "
+                "attention): no one prompt holds them all; pass fewer documents or raise max_tokens"
+            )
+        prompt = windows[0].prompt
+        head = list(prompt.ids_null[: prompt.doc_spans[-1][1]])
+        with self._loaded.lock:
+            tok = self._loaded.tokenizer
+            text = plain_ids(tok, f"\n\n{instruction}{question}")
+            end = tok(self._markers.suffix, add_special_tokens=False)["input_ids"]  # the turn's end: special tokens
+        return head + text + list(end)
 
     def attention_signals(self, query: str, texts: Sequence[str]) -> WindowSignals:
         """Per-head attention signals of one prompt holding ``texts`` in the given order (no truncation, no
@@ -870,3 +938,44 @@ class Reranker:
             self._results(q, docs, raw, windows, top_n, min_score, first, tokens[qi] if tokens else None)
             for qi, (q, (raw, windows), first) in enumerate(zip(queries, scored, firsts))
         ]
+
+
+def _find_head_list(
+    settings: EngineSettings, source: Any, shape: Any, fingerprint: Any, caller: str
+) -> tuple[HeadList, Any, str]:
+    """The head list for a model the caller loaded (``from_model``, ``from_vllm``): the given one, else the bundled
+    one found by the model's name, else by a fingerprint of its weights (``fingerprint()``, ``None`` when it has
+    none); with the source renamed to the matched model and a phrase saying how it was found."""
+    match = "given" if settings.heads is not None else f"its name {source.model_id!r}"
+    try:
+        head_list = resolve_head_list(
+            settings.heads,
+            source.model_id,
+            shape.num_layers,
+            shape.num_heads,
+            shape.num_kv_heads,
+            allow_other_model=settings.allow_other_model_heads,
+        )
+    except HeadListNotFoundError as exc:
+        from .recognition import match_fingerprint
+
+        given = fingerprint()
+        found = given and match_fingerprint(given, shape.num_layers, shape.num_heads, shape.num_kv_heads)
+        if found is None:
+            raise HeadListNotFoundError(
+                f"{exc}\n({caller} looked the model up by its config's name_or_path, {source.location!r}, and by "
+                "a fingerprint of its weights: neither is a model with a bundled list)"
+            ) from None
+        head_list, r = found
+        source = replace(source, model_id=head_list.model_id)
+        match = f"a fingerprint of its weights (correlation {r:.4f} with {head_list.model_id})"
+    return head_list, source, match
+
+
+def _settings_of_loaded(heads: HeadSpec, options: Mapping[str, Any], uses: str, instead: str) -> EngineSettings:
+    """The settings of a reranker on a model the caller loaded (``from_model``, ``from_vllm``): the options that
+    choose how a model loads (``LOAD_SETTINGS``) are refused, saying what to do ``instead``."""
+    fixed = sorted(set(options) & set(LOAD_SETTINGS))
+    if fixed:
+        raise InvalidInputError(f"{uses}: {', '.join(fixed)} cannot be set here ({instead})")
+    return EngineSettings.from_options({"heads": heads, **options})

@@ -66,9 +66,13 @@ def engine_fields(pydantic: ModuleType) -> type:
             "metadata 'highlights' and 'kept_ratio' (kept tokens over the document's).",
         )
         prune_scope: str = pydantic.Field(
-            default="document",
-            description="'document': every returned document gets the keep budget; 'list': one budget over all "
-            "of them, their sentences competing.",
+            default="list",
+            description="'list' (default): one keep budget over all the returned documents, their sentences "
+            "competing; 'document': every returned document gets the keep budget.",
+        )
+        prune_rank_by: str = pydantic.Field(
+            default="density",
+            description="Which sentences pruning keeps first: 'density' (default: score per token) or 'score'.",
         )
         min_sentence_score: float | None = pydantic.Field(
             default=None,
@@ -81,7 +85,7 @@ def engine_fields(pydantic: ModuleType) -> type:
             if self.pruning:
                 from .highlights import check_budget
 
-                check_budget(self.keep, self.prune_scope, self.min_sentence_score, " [...] ")
+                check_budget(self.keep, self.prune_scope, self.min_sentence_score, " [...] ", self.prune_rank_by)
             return self
 
         @property
@@ -114,7 +118,11 @@ def engine_fields(pydantic: ModuleType) -> type:
             if not self.pruning:
                 return chosen
             return engine.prune(
-                chosen, keep=self.keep, scope=self.prune_scope, min_sentence_score=self.min_sentence_score
+                chosen,
+                keep=self.keep,
+                scope=self.prune_scope,
+                min_sentence_score=self.min_sentence_score,
+                rank_by=self.prune_rank_by,
             )
 
         @pydantic.field_validator("reranker", check_fields=False)

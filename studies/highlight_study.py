@@ -355,13 +355,13 @@ def markdown(report: dict) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------------------------------------- picture
 def picture(path: Path, data: Path, qid: str | None = None, shown: int = 3, keep: float = 0.5) -> dict:
-    """A PNG of the engine's highlights on one real HotpotQA test question: ``Reranker().rank(query, its
-    paragraphs, highlights=True)``, the top ``shown`` paragraphs with every sentence shaded by its score (one scale
-    for all: scores of a call compare), the labelled (answer-bearing) sentences outlined, and a check mark on the
-    sentences ``Reranker.prune(top, keep=keep)`` keeps (what ``compress(top_n=shown, keep=keep)`` ships: each
-    paragraph its own budget, sentences by score). ``qid``: the question (default: the first of the test half, in
-    the study's hash order, whose labelled paragraph the engine ranks in its top ``shown``; the first of all has
-    it 6th). Returns what it drew."""
+    """A PNG of the engine's highlights on one real HotpotQA test question: ``Reranker().rank(query, its paragraphs,
+    highlights=True)``, the top ``shown`` paragraphs with every sentence shaded by its score (one scale for all:
+    scores of a call compare), the labelled (answer-bearing) sentences outlined, and a check mark on the
+    sentences ``Reranker.prune(top, keep=keep)`` keeps (what ``compress(top_n=shown, keep=keep)`` ships: one
+    budget over the paragraphs shown, sentences by score per token). ``qid``: the question (default: the first
+    of the test half, in the study's hash order, whose labelled paragraph the engine ranks in its top ``shown``;
+    the first of all has it 6th). Returns what it drew."""
     import textwrap
 
     import matplotlib
@@ -409,8 +409,8 @@ def picture(path: Path, data: Path, qid: str | None = None, shown: int = 3, keep
         1.6,
         f"answer: {' / '.join(row['answers'])}.   Reranker().rank(query, its {len(texts)} paragraphs, "
         f"highlights=True): the top {shown}.\nShading: the sentence's score (one scale for all);  outlined: the "
-        f"labelled (answer-bearing) sentence.\n\u2714: kept by compress(keep={keep}) (the shipped rule: each "
-        "paragraph its own budget, sentences by score).",
+        f"labelled (answer-bearing) sentence.\n\u2714: kept by compress(keep={keep}) (the shipped rule: one "
+        f"budget over these {shown} paragraphs, sentences by score per token).",
         fontsize=8.5,
         va="top",
         color="dimgray",

@@ -230,5 +230,7 @@ def _pruned(rr: Reranker, results: RankedResults, job: RerankJob) -> RankedResul
     """``results`` with the ones the request returns (its ``top_n``) pruned under the job's budget."""
     head, rest = list(results)[: job.top_n], list(results)[job.top_n :] if job.top_n else []
     p = job.prune
-    pruned = rr.prune(head, keep=p.keep, scope=p.scope, min_sentence_score=p.min_score, marker=p.marker)
+    pruned = rr.prune(
+        head, keep=p.keep, scope=p.scope, min_sentence_score=p.min_score, marker=p.marker, rank_by=p.rank_by
+    )
     return RankedResults(results.query, pruned + rest, results.num_windows, results.head_list)

@@ -159,8 +159,9 @@ class PruneSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keep: StrictFloat | StrictInt | None = 0.5
-    scope: Literal["document", "list"] = "document"
+    scope: Literal["document", "list"] = "list"
     min_sentence_score: StrictFloat | StrictInt | None = None
+    rank_by: Literal["density", "score"] = "density"
 
 
 class _Request(BaseModel):
@@ -182,7 +183,7 @@ class _Request(BaseModel):
             p = self.prune
             try:
                 min_score = None if p.min_sentence_score is None else float(p.min_sentence_score)
-                budget = check_budget(p.keep, p.scope, min_score, " [...] ")
+                budget = check_budget(p.keep, p.scope, min_score, " [...] ", p.rank_by)
             except InvalidInputError as exc:
                 raise validation(f"prune: {exc}") from None
         return {"highlights": bool(self.return_highlights), "prune": budget, "top_n": getattr(self, "top_n", None)}

@@ -3,7 +3,7 @@
     >>> from langchain_classic.retrievers import ContextualCompressionRetriever
     >>> from langchain_corerank import CoReRerank
     >>> retriever = ContextualCompressionRetriever(base_compressor=CoReRerank(top_n=3), base_retriever=base)
-    >>> pruned = CoReRerank(top_n=5, keep=0.5)  # the best half of each document's tokens, by sentence
+    >>> pruned = CoReRerank(top_n=5, keep=0.5)  # the 5 documents cut to half their tokens: their best sentences
 
 The engine (and its model) is created on first use and shared process-wide with every other
 ``core_rerank.Reranker`` configured alike, including the LlamaIndex ``CoReRerank``. To re-rank with a model
@@ -41,7 +41,8 @@ class CoReRerank(engine_fields(pydantic), BaseDocumentCompressor):
     ``None`` for an empty document, which ranks last). Both are valid JSON (never ``-inf`` or NaN), so metadata that
     was JSON stays JSON.
 
-    Context pruning (``keep``: a fraction or a number of tokens; ``min_sentence_score``; ``prune_scope``): each
+    Context pruning (``keep``: a fraction or a number of tokens, over all returned documents with the default
+    ``prune_scope="list"``; ``min_sentence_score``; ``prune_rank_by``): each
     returned copy's ``page_content`` is its best sentences in their original order, ``" [...] "`` where sentences
     were dropped, with ``metadata["highlights"]`` (every sentence with its score) and ``metadata["kept_ratio"]``.
     ``highlights=True`` adds the highlights without pruning. Both come from the ranking's own forward pass.

@@ -116,7 +116,7 @@ def test_an_empty_document_has_no_highlights(default_rr):
 
 def test_compress_keeps_the_best_sentences_within_the_budget_in_their_order(default_rr):
     query = SANITY_QUERIES[4][0]
-    out = default_rr.compress(query, [COMBINED, SANITY_DOCS[0]], keep=0.25)
+    out = default_rr.compress(query, [COMBINED, SANITY_DOCS[0]], keep=0.25, scope="document", rank_by="score")
     r = out.by_index(0)
     c = r.compression
     assert c.kept_tokens <= math.floor(0.25 * r.tokens) or len(c.kept) == 1
@@ -130,13 +130,25 @@ def test_compress_keeps_the_best_sentences_within_the_budget_in_their_order(defa
     dropped = [h for k, h in enumerate(r.highlights) if k not in c.kept]
     assert all(h.score <= r.best_sentence.score for h in dropped)
 
-    tokens = default_rr.compress(query, [COMBINED], keep=20).by_index(0).compression
+    tokens = default_rr.compress(query, [COMBINED], keep=20, rank_by="score").by_index(0).compression
     assert tokens.kept_tokens <= 20 or len(tokens.kept) == 1
     everything = default_rr.compress(query, [COMBINED], keep=1.0).by_index(0).compression
     assert everything.text == COMBINED and everything.ratio == 1.0
 
-    best_only = default_rr.compress(query, [COMBINED], keep=None, min_sentence_score=1e9).by_index(0)
+    best_only = default_rr.compress(query, [COMBINED], keep=None, min_sentence_score=1e9, rank_by="score").by_index(0)
     assert best_only.compression.kept == (r.highlights.index(r.best_sentence),)
+
+
+def test_the_default_rule_is_a_list_budget_by_density(default_rr):
+    """The rule chosen on dev sentence labels (docs/highlights.md): one budget over the returned documents, sentences
+    by score per token."""
+    query = SANITY_QUERIES[4][0]
+    docs = [COMBINED, SANITY_DOCS[6], SANITY_DOCS[1]]
+    default = default_rr.compress(query, docs, keep=0.3)
+    explicit = default_rr.compress(query, docs, keep=0.3, scope="list", rank_by="density")
+    assert [r.compression for r in default] == [r.compression for r in explicit]
+    by_score = default_rr.compress(query, docs, keep=0.3, scope="document", rank_by="score")
+    assert [r.compression.kept for r in default] != [r.compression.kept for r in by_score]
 
 
 def test_a_list_budget_lets_sentences_of_all_documents_compete(default_rr):
@@ -166,6 +178,7 @@ def test_a_truncated_document_counts_its_whole_text_in_the_ratio(default_rr):
         ({"keep": True}, InvalidInputTypeError),
         ({"keep": "half"}, InvalidInputTypeError),
         ({"scope": "corpus"}, InvalidInputError),
+        ({"rank_by": "length"}, InvalidInputError),
         ({"keep": None}, InvalidInputError),
         ({"min_sentence_score": float("nan")}, InvalidInputError),
         ({"marker": None}, InvalidInputTypeError),
@@ -219,3 +232,7 @@ def test_select_never_exceeds_a_budget_past_each_documents_best_sentence():
     assert select(docs, 11, None) == [[True, False, True], [True, True]]  # 5 + 4 first, then 1 + 1 of what is left
     assert select(docs, None, 0.0) == [[True, True, True], [True, False]]
     assert select(docs, [100, 100], 1.5) == [[True, True, False], [True, False]]
+    # By density (score per token) a short sentence can go first: 1.0 / 1 token beats 2.0 / 5 tokens.
+    assert select(docs, [6, 4], None, "density") == [[True, False, True], [True, False]]
+    assert select([[hl(3.0, 6), hl(2.0, 1)]], [1], None, "density") == [[False, True]]
+    assert select([[hl(3.0, 6), hl(2.0, 1)]], [1], None, "score") == [[True, False]]

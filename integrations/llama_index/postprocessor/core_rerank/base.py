@@ -2,7 +2,7 @@
 
     >>> from llama_index.postprocessor.core_rerank import CoReRerank
     >>> query_engine = index.as_query_engine(similarity_top_k=10, node_postprocessors=[CoReRerank(top_n=3)])
-    >>> pruning = CoReRerank(top_n=5, keep=0.5)  # each node's text cut to its best half, by sentence
+    >>> pruning = CoReRerank(top_n=5, keep=0.5)  # the 5 nodes cut to half their tokens: their best sentences
 
 The engine (and its model) is created on first use and shared process-wide with every other
 ``core_rerank.Reranker`` configured alike, including the LangChain ``CoReRerank``. To re-rank with a model
@@ -45,7 +45,8 @@ class CoReRerank(engine_fields(pydantic), BaseNodePostprocessor):
     [0, 1] (docs/scores.md; the list-relative softmax share for a head list without a fitted map). Nodes without
     text score 0.
 
-    Context pruning (``keep``: a fraction or a number of tokens; ``min_sentence_score``; ``prune_scope``): each
+    Context pruning (``keep``: a fraction or a number of tokens, over all returned documents with the default
+    ``prune_scope="list"``; ``min_sentence_score``; ``prune_rank_by``): each
     returned node is a copy whose text is its best sentences in their original order (``" [...] "`` where
     sentences were dropped; the metadata LlamaIndex scores with the text is read, never pruned), with
     ``metadata["highlights"]`` and ``metadata["kept_ratio"]``; ``highlights=True`` adds the highlights alone.
