@@ -236,7 +236,8 @@ class Reranker:
         when the LLM computes in float32. The documents come first in every prompt, so vLLM's prefix cache serves
         them to the N/A pass, to every query over the same list, and to a generation whose prompt starts with them.
 
-        ``llm`` needs ``enforce_eager=True`` (hooks do not run inside compiled graphs) and one worker (tensor and
+        ``llm`` needs ``enforce_eager=True`` (hooks do not run inside compiled graphs), with vLLM's engine in its own
+        process ``worker_extension_cls=core_rerank.vllm_backend.EXTENSION``, and one worker (tensor and
         pipeline parallel size 1). ``heads=None`` picks the bundled list by the model's name, else by a fingerprint
         of its embedding weights (:class:`~core_rerank.HeadListNotFoundError` when neither matches). The options
         that choose how a model loads (``model``, ``quantization``, ``dtype``, ``device``, ...) are the LLM's and

@@ -34,7 +34,7 @@ import torch
 from .errors import DependencyMissingError, InvalidInputTypeError, ScoringError, UnsupportedModelError
 from .head_signal import HeadSignals, PromptTokens, shared_prefix
 
-__all__ = ["RECENT", "VllmEngine", "check_llm"]
+__all__ = ["EXTENSION", "RECENT", "CaptureExtension", "VllmEngine", "check_llm"]
 
 RECENT = 4
 """Prompts whose captured queries and keys are kept, for prompts that the prefix cache starts part-way."""
@@ -136,6 +136,32 @@ def _take(model: torch.nn.Module) -> list:
     return records
 
 
+class CaptureExtension:
+    """A vLLM worker extension: ``LLM(..., worker_extension_cls=EXTENSION)`` gives every worker these methods, which
+    ``collective_rpc`` calls by name. With them the capture works across vLLM's engine process (its default,
+    ``VLLM_ENABLE_V1_MULTIPROCESSING=1``) without sending functions, which vLLM allows only with
+    ``VLLM_ALLOW_INSECURE_SERIALIZATION=1``. Without the extension, ``LLM.apply_model`` is used."""
+
+    def core_rerank_install(self) -> dict[str, Any]:
+        return _install(self.get_model())
+
+    def core_rerank_arm(self, wanted: Mapping[int, Any] | None) -> None:
+        fixed = None if wanted is None else {int(k): (list(v[0]), list(v[1])) for k, v in wanted.items()}
+        _arm(fixed)(self.get_model())
+
+    def core_rerank_take(self) -> bytes:
+        # As bytes: vLLM's RPC encodes tensors only where the receiving side declares their type.
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(_take(self.get_model()), buffer)
+        return buffer.getvalue()
+
+
+EXTENSION = f"{__name__}.CaptureExtension"
+"""What to pass as ``worker_extension_cls`` to ``vllm.LLM`` for scoring across processes."""
+
+
 # ------------------------------------------------------------------------------ runs in the application
 @dataclass
 class _Capture:
@@ -177,14 +203,38 @@ class VllmEngine:
 
     def __init__(self, llm: Any) -> None:
         self.llm = llm
-        self.config = check_llm(llm).model_config.hf_config
-        self.info: dict[str, Any] = llm.apply_model(_install)[0]
+        config = check_llm(llm)
+        self.config = config.model_config.hf_config
+        self.extension = config.parallel_config.worker_extension_cls == EXTENSION
+        try:
+            self.info: dict[str, Any] = self._call("install")
+        except (UnsupportedModelError, ScoringError):
+            raise
+        except Exception as exc:  # the engine runs in another process and refuses to receive a function
+            raise UnsupportedModelError(
+                f"cannot install core-rerank's hooks in the vLLM engine ({type(exc).__name__}: {exc}). With vLLM's "
+                f"engine in its own process, create the LLM with worker_extension_cls={EXTENSION!r} (or set "
+                "VLLM_ALLOW_INSECURE_SERIALIZATION=1, or VLLM_ENABLE_V1_MULTIPROCESSING=0)"
+            ) from exc
         self.max_model_len: int = int(llm.llm_engine.vllm_config.model_config.max_model_len)
         self._recent: OrderedDict[tuple[int, ...], _Capture] = OrderedDict()
         self.passes = 0  # prompts run (a rerun under a fresh cache salt counts)
         self.reruns = 0  # of those, reruns: the prefix cache held positions no kept capture had
         self.cached_tokens = 0  # prompt tokens vLLM's prefix cache served instead of computing
         self.prompt_tokens = 0
+
+    def _call(self, what: str, *args: Any) -> Any:
+        """Run the capture's ``install`` / ``arm`` / ``take`` on the (one) worker: by name through the worker
+        extension when the LLM has it, else as a function through ``apply_model``."""
+        if self.extension:
+            out = self.llm.collective_rpc(f"core_rerank_{what}", args=args)[0]
+            if what == "take":
+                import io
+
+                out = torch.load(io.BytesIO(out), weights_only=True)
+            return out
+        fn = {"install": lambda: _install, "arm": lambda: _arm(*args), "take": lambda: _take}[what]()
+        return self.llm.apply_model(fn)[0]
 
     def check_heads(self, heads_by_layer: Mapping[int, list[int]], model_name: str) -> None:
         missing = sorted(set(heads_by_layer) - set(self.info["hooked"]))
@@ -216,13 +266,13 @@ class VllmEngine:
         prompt: dict[str, Any] = {"prompt_token_ids": list(ids)}
         if salt is not None:
             prompt["cache_salt"] = salt
-        self.llm.apply_model(_arm(wanted))
+        self._call("arm", wanted)
         try:
             once = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
             (out,) = self.llm.generate([TokensPrompt(**prompt)], once, use_tqdm=False)
-            records = self.llm.apply_model(_take)[0]
+            records = self._call("take")
         finally:
-            self.llm.apply_model(_arm(None))
+            self._call("arm", None)
         self.passes += 1
         self.prompt_tokens += len(ids)
         self.cached_tokens += int(getattr(out, "num_cached_tokens", 0) or 0)

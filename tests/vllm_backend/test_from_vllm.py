@@ -190,3 +190,41 @@ def test_qwen_scores_equal_the_transformers_engine():
     for query, _ in SANITY_QUERIES[:3]:
         assert_same(got.rank(query, SANITY_DOCS), want.rank(query, SANITY_DOCS))
     assert qwen.generate(["def add(a, b):"], GREEDY, use_tqdm=False)[0].outputs[0].text.strip()
+
+
+ACROSS_PROCESSES = """
+import json, sys
+from vllm import LLM
+from core_rerank import Reranker, UnsupportedModelError
+from core_rerank.vllm_backend import EXTENSION
+directory, query, docs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+if __name__ == "__main__":
+    kw = dict(model=directory, enforce_eager=True, dtype="float32", max_model_len=2048, seed=0)
+    scores = Reranker.from_vllm(LLM(**kw, worker_extension_cls=EXTENSION)).score(query, docs)
+    try:
+        Reranker.from_vllm(LLM(**kw))
+        refused = ""
+    except UnsupportedModelError as exc:
+        refused = str(exc)
+    print(json.dumps({"scores": scores, "refused": refused}))
+"""
+
+
+def test_across_vllms_engine_process_with_the_worker_extension(smollm2_dir, pair):
+    """vLLM's default: the engine in its own process. With the worker extension the capture crosses it (by name,
+    no functions sent) and scores as in-process; without it, a clear error says what to pass."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    env.pop("VLLM_ALLOW_INSECURE_SERIALIZATION", None)
+    docs = [d for d in DOCS if d]
+    out = subprocess.run(
+        [sys.executable, "-c", ACROSS_PROCESSES, smollm2_dir, QUERY, json.dumps(docs)],
+        capture_output=True, text=True, timeout=600, env=env, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["scores"] == pytest.approx(pair[1].score(QUERY, docs), rel=1e-5, abs=1e-6)
+    assert "worker_extension_cls='core_rerank.vllm_backend.CaptureExtension'" in got["refused"]
