@@ -94,6 +94,19 @@ def test_agent_tool(monkeypatch, capsys):
         assert f"agent: From the handbook: [{b['reranked']}]" in b["text"]
 
 
+@pytest.mark.slow  # an agent loop, and core-rerank mcp in a process of its own
+def test_agent_mcp(monkeypatch, capsys):
+    pytest.importorskip("langchain_mcp_adapters", reason="langchain-mcp-adapters is not installed (the dev extra)")
+    monkeypatch.setattr(sys, "stderr", sys.__stderr__)  # the MCP client hands the server's stderr a real file
+    out = blocks(run_example("agent_mcp.py", [], monkeypatch, capsys))
+    assert [b["reranked"] for b in out] == ["scp", "kill"]
+    for b in out:
+        assert "agent tool calls: ['search_handbook', 'compress']" in b["text"]
+        kept, total = map(int, re.search(r"reads: (\d+) of (\d+)", b["text"]).groups())
+        assert 0 < kept < total  # the MCP tool pruned the hits
+        assert f"agent: From the handbook: {b['reranked']}" in b["text"]  # from the best, pruned document
+
+
 @pytest.mark.slow  # a process of its own loads the models
 def test_example_runs_as_a_script():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
