@@ -222,6 +222,7 @@ class VllmEngine:
         self.reruns = 0  # of those, reruns: the prefix cache held positions no kept capture had
         self.cached_tokens = 0  # prompt tokens vLLM's prefix cache served instead of computing
         self.prompt_tokens = 0
+        self.most_steps = 0  # the most forward steps one prompt took (chunked prefill splits a prompt over several)
 
     def _call(self, what: str, *args: Any) -> Any:
         """Run the capture's ``install`` / ``arm`` / ``take`` on the (one) worker: by name through the worker
@@ -299,6 +300,7 @@ class VllmEngine:
                         f"model {model_name!r}: vLLM's layer {layer} ran without core-rerank's hooks seeing it (a "
                         "compiled or fused attention path); create the LLM with enforce_eager=True"
                     )
+                self.most_steps = max(self.most_steps, len(chunks[layer]))
                 pos = torch.cat(positions[layer])
                 keep = pos < n  # a decode step's token (none with max_tokens=1) is not part of the prompt
                 pos = pos[keep]

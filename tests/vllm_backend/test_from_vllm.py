@@ -163,6 +163,24 @@ def test_clear_errors(llm, pair):
     assert vllm_rr.with_options(max_tokens=100_000).max_tokens == 4095
 
 
+def test_chunked_prefill_splitting_a_prompt_gives_the_same_scores(smollm2_dir, pair):
+    """A step budget of 128 tokens splits every prompt over several steps: the hooks' positions put the chunks
+    together."""
+    chunked = LLM(
+        model=smollm2_dir,
+        enforce_eager=True,
+        dtype="float32",
+        max_model_len=2048,
+        seed=0,
+        enable_chunked_prefill=True,
+        max_num_batched_tokens=128,
+    )
+    rr = Reranker.from_vllm(chunked)
+    assert rr.prompt(QUERY, SANITY_DOCS).length > 2 * 128  # three steps or more
+    assert_same(rr.rank(QUERY, SANITY_DOCS), pair[1].rank(QUERY, SANITY_DOCS))
+    assert rr.loaded_model.engine.most_steps >= 3
+
+
 def test_a_model_without_a_bundled_list(tmp_path_factory):
     """Random weights no list was detected for: HeadListNotFoundError, unless heads are given (then it scores)."""
     from transformers import LlamaConfig
