@@ -176,6 +176,10 @@ def build_server(
         min_sentence_score: Annotated[
             float | None, Field(description="Also drop sentences scoring below this (attention score units).")
         ] = None,
+        rank_by: Annotated[
+            Literal["density", "score"],
+            Field(description="Which sentences go first: 'density' (score per token) or 'score' (one long document)."),
+        ] = "density",
     ) -> CompressOutput:
         """Order documents by relevance to the query, best first, each cut down to its sentences that matter for
         the query (original order kept, dropped text marked ' [...] ')."""
@@ -189,6 +193,7 @@ def build_server(
                 keep=budget,
                 scope=scope,
                 min_sentence_score=min_sentence_score,
+                rank_by=rank_by,
                 show_progress_bar=False,
             ),
         )

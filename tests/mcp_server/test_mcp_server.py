@@ -84,6 +84,11 @@ async def check_session(session: ClientSession, fp32) -> None:
     assert [d["text"] for d in out.structuredContent["results"]] == [
         r.compression.text for r in fp32.compress(QUERY, DOCS[:2], keep=12)
     ]
+    arguments = {"query": QUERY, "documents": DOCS[:2], "keep": 0.3, "scope": "document", "rank_by": "score"}
+    out = await session.call_tool("compress", arguments)
+    assert [d["text"] for d in out.structuredContent["results"]] == [
+        r.compression.text for r in fp32.compress(QUERY, DOCS[:2], keep=0.3, scope="document", rank_by="score")
+    ]
 
     for arguments, says in [
         ({"query": " ", "documents": DOCS}, "query is empty"),
