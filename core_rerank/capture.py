@@ -22,7 +22,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-__all__ = ["ATTN_IMPLEMENTATION", "AttentionCapture", "capturing"]
+__all__ = ["ATTN_IMPLEMENTATION", "AttentionCapture", "capturing", "causal_mask", "summed_rows"]
 
 ATTN_IMPLEMENTATION = "core_rerank"
 
@@ -74,13 +74,8 @@ class AttentionCapture:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         q = query[0, head_idx, lo - past : hi - past, :].float() * scale  # (h, t, d)
         k = key[0, torch.div(head_idx, group, rounding_mode="floor"), :, :].float()  # (h, kv, d)
-        scores = torch.matmul(q, k.transpose(-1, -2))  # (h, t, kv)
-        softcap = kwargs.get("softcap")
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        scores = scores + _additive_mask(module, attention_mask, kwargs, lo, hi, past, key_start, kv_len, scores.device)
-        rows = torch.softmax(scores, dim=-1)[..., : self.key_end - key_start]  # (h, t, keys kept)
-        probs = rows.sum(dim=1)
+        mask = _additive_mask(module, attention_mask, kwargs, lo, hi, past, key_start, kv_len, q.device)
+        probs = summed_rows(q, k, mask, self.key_end - key_start, kwargs.get("softcap"))
         if layer not in self.sums:
             self.sums[layer] = torch.zeros(len(heads), self.key_end, device=probs.device)
         self.sums[layer][:, key_start : key_start + probs.shape[1]] += probs
@@ -94,13 +89,31 @@ def _additive_mask(module, attention_mask, kwargs, lo, hi, past, key_start, kv_l
         if m.dtype == torch.bool:
             return torch.zeros(m.shape, device=device).masked_fill(~m, float("-inf"))
         return m.float()
+    window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+    return causal_mask(lo, hi, key_start, kv_len, device, window)
+
+
+def causal_mask(lo: int, hi: int, key_start: int, kv_len: int, device, window: int | None = None) -> torch.Tensor:
+    """(t, kv) additive fp32 causal mask of query positions [lo, hi) over keys [key_start, key_start + kv_len)
+    (and a sliding ``window``, when given)."""
     rows = torch.arange(lo, hi, device=device)[:, None]
     cols = torch.arange(key_start, key_start + kv_len, device=device)[None, :]
     allowed = cols <= rows
-    window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
     if window:
         allowed &= cols > rows - window
     return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+
+
+def summed_rows(
+    q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, keep: int, softcap: float | None = None
+) -> torch.Tensor:
+    """(h, keep): the softmax attention rows of queries ``q`` (h, t, d; fp32, already scaled) over keys ``k``
+    (h, kv, d) with the additive ``mask`` (t, kv), keys past ``keep`` dropped after the softmax, summed over the
+    rows. Every engine's capture reads the selected heads through this one function."""
+    scores = torch.matmul(q, k.transpose(-1, -2))  # (h, t, kv)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    return torch.softmax(scores + mask, dim=-1)[..., :keep].sum(dim=1)
 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):

@@ -28,6 +28,9 @@ from .cli_support import (
 )
 from .settings import EngineSettings
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+"""Host names that listen on this machine only: the servers warn when told to listen anywhere else."""
+
 app = typer.Typer(help="Re-rank documents with the attention heads of a decoder LLM.", no_args_is_help=True)
 
 DataSpecs = Annotated[
@@ -160,7 +163,7 @@ def serve(
         payload_limit=payload_limit,
         api_key=api_key,
     )
-    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+    if host not in LOOPBACK and api_key is None:
         err_console.print(
             f"[yellow]warning:[/yellow] listening on {host} without an API key: anyone who can reach it can use it"
         )
@@ -267,7 +270,7 @@ def mcp(
         reranker, host=host, port=port, path=path, max_documents=max_call_documents, log_level=log_level
     )
     if transport == "http":
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        if host not in LOOPBACK:
             err_console.print(f"[yellow]warning:[/yellow] listening on {host}: anyone who can reach it can use it")
         err_console.print(f"MCP server ({reranker!r}) on http://{host}:{port}{path}")
     run(server, "http" if transport == "http" else "stdio")

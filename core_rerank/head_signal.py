@@ -28,6 +28,7 @@ __all__ = [
     "PrefixContext",
     "PromptTokens",
     "cache_argument",
+    "check_finite",
     "croppable",
     "head_signals_many",
     "shared_prefix",
@@ -142,6 +143,11 @@ def _check(
                 "attention or hybrid layer, an attention module without layer_idx, or a custom modeling file). "
                 "Choose heads in layers that use standard attention (detect a list with `core-rerank detect-heads`)."
             )
+    check_finite(model_name, dtype, heads, signals)
+
+
+def check_finite(model_name: str, dtype: torch.dtype, heads: Sequence[tuple[int, int]], signals: torch.Tensor) -> None:
+    """Refuse signals (one row per head of ``heads``) that are not finite: the activations overflowed."""
     finite = torch.isfinite(signals).all(dim=1).tolist()
     broken = sorted({layer for (layer, _), ok in zip(heads, finite) if not ok})
     if broken:

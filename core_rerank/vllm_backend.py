@@ -31,8 +31,9 @@ from typing import Any
 
 import torch
 
+from .capture import causal_mask, summed_rows
 from .errors import DependencyMissingError, InvalidInputTypeError, ScoringError, UnsupportedModelError
-from .head_signal import HeadSignals, PromptTokens, shared_prefix
+from .head_signal import HeadSignals, PromptTokens, check_finite, shared_prefix
 
 __all__ = ["EXTENSION", "RECENT", "CaptureExtension", "VllmEngine", "check_llm"]
 
@@ -339,10 +340,7 @@ class VllmEngine:
             scale = self.info["scale"][layer]
             q = capture.q[layer][lo:hi].transpose(0, 1) * scale  # (h, t, d)
             k = capture.k[layer][:hi][:, [kv_index[h // group] for h in heads]].transpose(0, 1)  # (h, hi, d)
-            scores = torch.matmul(q, k.transpose(-1, -2))  # (h, t, hi)
-            allowed = torch.arange(hi)[None, :] <= torch.arange(lo, hi)[:, None]
-            scores = scores.masked_fill(~allowed, float("-inf"))
-            rows.append(torch.softmax(scores, dim=-1)[..., :key_end].sum(dim=1) / (hi - lo))
+            rows.append(summed_rows(q, k, causal_mask(lo, hi, 0, hi, q.device), key_end) / (hi - lo))
         return torch.cat(rows, dim=0)
 
     @torch.inference_mode()
@@ -372,10 +370,6 @@ class VllmEngine:
             for p in (null, *queries)
         ]
         heads = tuple((layer, h) for layer, hs in heads_by_layer.items() for h in hs)
-        stacked = torch.cat(signals, dim=1)
-        finite = torch.isfinite(stacked).all(dim=1).tolist()
-        broken = sorted({layer for (layer, _), ok in zip(heads, finite) if not ok})
-        if broken:
-            raise ScoringError(f"model {model_name!r}: the attention signals of layer(s) {broken} are not finite")
+        check_finite(model_name, self.llm.llm_engine.vllm_config.model_config.dtype, heads, torch.cat(signals, dim=1))
         shared = shared_prefix([null, *queries])
         return [HeadSignals(heads, s, signals[0], shared) for s in signals[1:]]
