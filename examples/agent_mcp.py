@@ -6,9 +6,9 @@
 The agent has two tools: ``search_handbook`` (vector search over a small handbook, in this process) and
 ``compress``, served by ``core-rerank mcp`` over stdio and mounted with langchain-mcp-adapters'
 ``MultiServerMCPClient``: it re-ranks the search hits and cuts them to their sentences that matter, so the answer
-reads a fraction of the tokens. Offline, ``ScriptedAgentModel`` stands in for a tool-calling chat model (search,
-then compress the hits, then answer from the best one); with a real model (ChatOpenAI, ChatOllama, ...) pass it to
-``create_agent`` instead and let it choose the calls.
+reads a fraction of the tokens. Offline, ``ScriptedChatModel`` (``_scripted.py``) stands in for a tool-calling
+chat model (search, then compress the hits, then answer from the best one); with a real model (ChatOpenAI,
+ChatOllama, ...) pass it to ``create_agent`` instead and let it choose the calls.
 """
 
 from __future__ import annotations
@@ -17,16 +17,13 @@ import asyncio
 import json
 import shutil
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from _common import langchain_embeddings, load_handbook, print_orders
+from _scripted import ScriptedChatModel
 from langchain.agents import create_agent
 from langchain_core.documents import Document
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_mcp_adapters.client import MultiServerMCPClient
@@ -40,32 +37,19 @@ def tool_text(message: ToolMessage) -> str:
     return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
 
 
-class ScriptedAgentModel(BaseChatModel):
-    """A scripted stand-in for a tool-calling chat model (no network, no weights): search, compress, answer."""
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted-agent"
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedAgentModel:
-        return self
-
-    def _generate(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
-    ) -> ChatResult:
-        question = next(str(m.content) for m in messages if m.type == "human")
-        last = messages[-1]
-        if isinstance(last, ToolMessage) and last.name == "search_handbook":  # re-rank and prune the hits
-            hits = json.loads(tool_text(last))
-            args = {"query": question, "documents": hits, "top_n": 3, "keep": 0.4}
-            message = AIMessage(content="", tool_calls=[{"name": "compress", "args": args, "id": "call_compress"}])
-        elif isinstance(last, ToolMessage):  # compress answered: reply from its best document
-            best = json.loads(tool_text(last))["results"][0]["text"]
-            message = AIMessage(content=f"From the handbook: {best}")
-        else:
-            args = {"query": question}
-            message = AIMessage(content="", tool_calls=[{"name": "search_handbook", "args": args, "id": "call_search"}])
-        return ChatResult(generations=[ChatGeneration(message=message)])
+def scripted_reply(messages: list[BaseMessage]) -> AIMessage:
+    """The script of the offline agent: search, then compress the hits, then answer from the best one."""
+    question = next(str(m.content) for m in messages if m.type == "human")
+    last = messages[-1]
+    if isinstance(last, ToolMessage) and last.name == "search_handbook":  # re-rank and prune the hits
+        hits = json.loads(tool_text(last))
+        args = {"query": question, "documents": hits, "top_n": 3, "keep": 0.4}
+        return AIMessage(content="", tool_calls=[{"name": "compress", "args": args, "id": "call_compress"}])
+    if isinstance(last, ToolMessage):  # compress answered: reply from its best document
+        best = json.loads(tool_text(last))["results"][0]["text"]
+        return AIMessage(content=f"From the handbook: {best}")
+    args = {"query": question}
+    return AIMessage(content="", tool_calls=[{"name": "search_handbook", "args": args, "id": "call_search"}])
 
 
 def mcp_server() -> dict:
@@ -87,7 +71,11 @@ async def run(questions: list[str]) -> None:
 
     client = MultiServerMCPClient({"core-rerank": mcp_server()})
     mcp_tools = [t for t in await client.get_tools() if t.name == "compress"]
-    agent = create_agent(ScriptedAgentModel(), [search_handbook, *mcp_tools], system_prompt="Answer from the handbook.")
+    agent = create_agent(
+        ScriptedChatModel(reply=scripted_reply),
+        [search_handbook, *mcp_tools],
+        system_prompt="Answer from the handbook.",
+    )
     for question in questions:
         state = await agent.ainvoke({"messages": [{"role": "user", "content": question}]})
         compressed = next(m for m in state["messages"] if isinstance(m, ToolMessage) and m.name == "compress")

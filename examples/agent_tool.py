@@ -4,7 +4,7 @@
     python examples/agent_tool.py ["your question"]
 
 The tool is ``create_retriever_tool`` over a ``ContextualCompressionRetriever`` (vector search ->
-``CoReRerank``), and the agent is LangChain's ``create_agent``. Offline, ``OfflineToolCallingModel``
+``CoReRerank``), and the agent is LangChain's ``create_agent``. Offline, ``ScriptedChatModel`` (``_scripted.py``)
 stands in for a tool-calling chat model: it calls the search tool with the user's question, then
 answers from the best passage the tool returned. With a real model (ChatOpenAI, ChatOllama, ...),
 pass it to ``create_agent`` instead; nothing else changes.
@@ -13,16 +13,13 @@ pass it to ``create_agent`` instead; nothing else changes.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import Any
 
 from _common import langchain_embeddings, load_handbook, print_orders
+from _scripted import ScriptedChatModel
 from langchain.agents import create_agent
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.documents import Document
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.prompts import PromptTemplate
 from langchain_core.tools import create_retriever_tool
 from langchain_core.vectorstores import InMemoryVectorStore
@@ -33,27 +30,15 @@ FIRST_STAGE_K = 6
 TOOL_NAME = "search_handbook"
 
 
-class OfflineToolCallingModel(BaseChatModel):
-    """A scripted stand-in for a tool-calling chat model (no network, no weights)."""
-
-    @property
-    def _llm_type(self) -> str:
-        return "offline-tool-calling"
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> OfflineToolCallingModel:
-        return self
-
-    def _generate(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
-    ) -> ChatResult:
-        last = messages[-1]
-        if isinstance(last, ToolMessage):  # the tool answered: reply from its best (first) passage
-            best = str(last.content).split("\n\n")[0]
-            message = AIMessage(content=f"From the handbook: {best}")
-        else:  # a user turn: search first
-            call = {"name": TOOL_NAME, "args": {"query": str(last.content)}, "id": f"call_{len(messages)}"}
-            message = AIMessage(content="", tool_calls=[call])
-        return ChatResult(generations=[ChatGeneration(message=message)])
+def offline_reply(messages: list[BaseMessage]) -> AIMessage:
+    """The script of the offline agent: call the search tool with the user's question, then answer from the best
+    passage the tool returned."""
+    last = messages[-1]
+    if isinstance(last, ToolMessage):  # the tool answered: reply from its best (first) passage
+        best = str(last.content).split("\n\n")[0]
+        return AIMessage(content=f"From the handbook: {best}")
+    call = {"name": TOOL_NAME, "args": {"query": str(last.content)}, "id": f"call_{len(messages)}"}
+    return AIMessage(content="", tool_calls=[call])  # a user turn: search first
 
 
 def build(top_n: int = 3):
@@ -70,7 +55,9 @@ def build(top_n: int = 3):
         document_prompt=PromptTemplate.from_template("[{title}] {page_content}"),
         response_format="content_and_artifact",  # the ToolMessage also carries the re-ranked Documents
     )
-    agent = create_agent(OfflineToolCallingModel(), [tool], system_prompt="Answer with the handbook's help.")
+    agent = create_agent(
+        ScriptedChatModel(reply=offline_reply), [tool], system_prompt="Answer with the handbook's help."
+    )
     return store, agent
 
 
